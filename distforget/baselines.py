@@ -1,0 +1,151 @@
+"""Baselines in the same harness as the three-stage method: same splits, data path, loop and
+evaluation; each is one fine-tuning stage of the whole image tower.
+
+- ``ft``: fine-tune on the retain set (cross-entropy over the zero-shot head);
+- ``ga``: gradient ascent on the forget set's cross-entropy;
+- ``rl``: random labels: cross-entropy towards a random *other* class on forget images, plus
+  cross-entropy on retain images;
+- ``neggrad``: NegGrad+: ``(1 - w) * CE(retain) - w * CE(forget)``;
+- ``salun``: SalUn-style: RL restricted to the weights whose forget-loss gradient is largest in
+  magnitude (the ``salun_sparsity`` fraction of the tower, one global threshold);
+- ``base``: the untouched base model (no stage).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from distforget.config import BaselineConfig
+from distforget.prepare import Prepared
+from distforget.training import (Parallel, StageHooks, StageOutput, autocast, global_batches,
+                                 optimizer_state_to_cpu, run_epochs, set_trainable,
+                                 sharded_accuracy, train_mode, visual_state, wrap_ddp)
+
+BASELINE_METHODS = ("ft", "ga", "rl", "neggrad", "salun")
+
+
+def random_other_labels(labels: np.ndarray, num_classes: int, seed: int, epoch: int) -> np.ndarray:
+    """A random label different from the true one, per image, fixed for an epoch."""
+    shift = np.random.default_rng([seed, epoch, 7]).integers(1, num_classes, size=len(labels))
+    return (labels + shift) % num_classes
+
+
+def saliency_masks(visual, head, prep, images: np.ndarray, labels: np.ndarray, scale: float,
+                   sparsity: float, parallel: Parallel, precision: str,
+                   batch_size: int = 128) -> dict[str, torch.Tensor]:
+    """Masks of the weights with the largest |d CE(forget) / d w| (the ``sparsity`` fraction)."""
+    params = dict(visual.named_parameters())
+    visual.zero_grad(set_to_none=True)
+    idx = parallel.shard(np.arange(len(images)))
+    y = torch.as_tensor(labels, device=prep.device)
+    for i in range(0, len(idx), batch_size):
+        sel = idx[i:i + batch_size]
+        with autocast(prep.device, precision):
+            feats = F.normalize(visual(prep(images[sel])).float(), dim=-1)
+        F.cross_entropy(scale * feats @ head.T, y[sel], reduction="sum").backward()
+    grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().abs()
+             for n, p in params.items()}
+    for g in grads.values():
+        parallel.all_reduce(g)
+    visual.zero_grad(set_to_none=True)
+    flat = torch.cat([g.flatten().float() for g in grads.values()])
+    keep = max(1, int(round(sparsity * flat.numel())))
+    threshold = torch.topk(flat, keep, sorted=False).values.min()
+    return {n: (g.float() >= threshold).to(params[n].dtype) for n, g in grads.items()}
+
+
+def run_baseline(prepared: Prepared, method: str, cfg: BaselineConfig, *, device: torch.device,
+                 precision: str = "auto", parallel: Parallel | None = None,
+                 hooks: StageHooks = StageHooks()) -> StageOutput:
+    """Run one baseline (``ft``, ``ga``, ``rl``, ``neggrad`` or ``salun``) on the whole tower."""
+    if method not in BASELINE_METHODS:
+        raise ValueError(f"unknown baseline {method!r}; expected one of {BASELINE_METHODS}")
+    start = time.perf_counter()
+    parallel = parallel or Parallel.current()
+    torch.manual_seed(cfg.seed)
+    visual = prepared.model().visual.to(device)
+    head = prepared.head_tensor(device)
+    prep = prepared.preprocess(device)
+    f, r = prepared.split("forget_train"), prepared.split("retain_train")
+    nf, nr = len(f), len(r)
+    images = np.concatenate([prepared.images[f.indices], prepared.images[r.indices]])
+    labels = np.concatenate([f.labels, r.labels])
+    is_forget = np.arange(nf + nr) < nf
+    num_classes = len(prepared.classes)
+    scale = prepared.logit_scale
+    set_trainable(visual, None)
+    masks = None
+    if method == "salun":
+        masks = saliency_masks(visual, head, prep, images[:nf], f.labels, scale,
+                               cfg.salun_sparsity, parallel, precision)
+        for name, p in visual.named_parameters():
+            p.register_hook(lambda g, m=masks[name]: g * m)
+    train_mode(visual)
+    module = wrap_ddp(visual, parallel, device)
+    opt = torch.optim.AdamW(visual.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    uses_forget = method != "ft"
+    uses_retain = method != "ga"
+    current = {"epoch": 0}
+
+    def batches(epoch: int) -> list[np.ndarray]:
+        current["epoch"] = epoch
+        fb = global_batches(nf, cfg.batch_size, epoch, cfg.seed) if uses_forget else []
+        rb = global_batches(nr, cfg.batch_size, epoch, cfg.seed + 1) if uses_retain else []
+        if not uses_forget:
+            return [b + nf for b in rb]
+        if not uses_retain:
+            return fb
+        # Pair every forget batch with a retain batch, cycling the retain batches.
+        return [np.concatenate([b, rb[i % len(rb)] + nf]) for i, b in enumerate(fb)]
+
+    def step(global_batch: np.ndarray) -> torch.Tensor:
+        local = parallel.shard(global_batch)
+        n_forget = max(1, int(is_forget[global_batch].sum()))
+        n_retain = max(1, int((~is_forget[global_batch]).sum()))
+        with autocast(device, precision):
+            feats = F.normalize(module(prep(images[local])).float(), dim=-1)
+        logits = scale * feats @ head.T
+        y = labels[local]
+        fmask = torch.as_tensor(is_forget[local], device=device)
+        if method in ("rl", "salun"):
+            y = np.where(is_forget[local],
+                         random_other_labels(labels[local], num_classes, cfg.seed,
+                                             current["epoch"]), y)
+        ce = F.cross_entropy(logits, torch.as_tensor(y, device=device), reduction="none")
+        ce_forget = ce[fmask].sum() / n_forget
+        ce_retain = ce[~fmask].sum() / n_retain
+        if method == "ft":
+            loss = ce_retain
+        elif method == "ga":
+            loss = -ce_forget
+        elif method == "neggrad":
+            loss = (1 - cfg.neggrad_weight) * ce_retain - cfg.neggrad_weight * ce_forget
+        else:  # rl, salun
+            loss = ce_forget + ce_retain
+        return loss * parallel.world_size
+
+    def end_epoch(epoch: int) -> tuple[dict, bool]:
+        acc = sharded_accuracy(visual, images[:nf], f.labels, head, prep, parallel, precision)
+        return {"train_forget_acc": acc}, uses_forget and acc <= cfg.target_acc
+
+    def snapshot() -> dict:
+        return {"visual": {k: v.detach().cpu().clone() for k, v in visual.state_dict().items()},
+                "optimizer": optimizer_state_to_cpu(opt.state_dict())}
+
+    def restore(snap: dict) -> None:
+        visual.load_state_dict(snap["visual"])
+        opt.load_state_dict(snap["optimizer"])
+
+    record = run_epochs(epochs=cfg.epochs, batches=batches, step=step, optimizer=opt,
+                        end_epoch=end_epoch, snapshot=snapshot, restore=restore, hooks=hooks,
+                        parallel=parallel)
+    meta = {"stage": "baseline", "method": method, **record,
+            "salun_kept": None if masks is None else
+            float(sum(m.sum().item() for m in masks.values()) /
+                  sum(m.numel() for m in masks.values())),
+            "wall_s": time.perf_counter() - start}
+    return StageOutput(state=visual_state(visual), meta=meta)

@@ -1,0 +1,253 @@
+"""Scenario building: from a forget spec to seeded, disjoint, content-hashed splits.
+
+Splits (indices into the ImageTable, labels as ids into ``Scenario.classes``):
+
+- ``forget_train`` / ``retain_train``: what the stages train on;
+- ``calib_forget`` / ``calib_retain``: the calibration set D_m, held out from the training images
+  of the same subgroups, used only to choose soup coefficients;
+- ``eval_forget`` / ``eval_retain`` / ``eval_zeroshot``: held-out images behind every metric.
+
+Training and calibration images come from the data's ``train`` split, evaluation images from its
+``test``/``val`` split; data without a split column is divided by a hash of each image's content
+(so the division does not depend on row order). Within a pool, rows are ordered by content hash
+and then shuffled by ``scenario.seed``, so the same data and config give the same splits.
+
+Subgroup rule when the data has no subgroup labels (``scenario.subgroups: kmeans``, or ``auto``
+without a subgroup column): the forget class's training images are embedded with the base
+model's image tower (L2-normalised), clustered with k-means (``num_subgroups`` clusters,
+``random_state = scenario.seed``, 10 initialisations), and every image of the class, held-out
+ones included, takes the nearest centre. Clusters are named ``k0``, ``k1``, ... in decreasing
+size (ties by the smallest content hash in the cluster).
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+from dataclasses import dataclass
+from typing import Callable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from distforget.config import ScenarioConfig
+from distforget.data.sources import EVAL_SPLITS, ImageTable
+from distforget.errors import DataError
+
+SPLITS = ("forget_train", "retain_train", "calib_forget", "calib_retain",
+          "eval_forget", "eval_retain", "eval_zeroshot")
+KNOWN_SPLIT_VALUES = ("train",) + EVAL_SPLITS
+
+
+@dataclass(frozen=True)
+class Split:
+    indices: np.ndarray  # rows of the ImageTable
+    labels: np.ndarray   # class ids into Scenario.classes
+    hash: str
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    classes: tuple[str, ...]
+    forget_class: str
+    forget_subgroup: str | None
+    retain_classes: tuple[str, ...]
+    zeroshot_classes: tuple[str, ...]
+    subgroup_rule: str
+    subgroups: tuple[str, ...]  # the forget class's subgroups
+    splits: Mapping[str, Split]
+
+    @property
+    def forget_label(self) -> int:
+        return self.classes.index(self.forget_class)
+
+    @property
+    def fingerprint(self) -> str:
+        h = hashlib.sha256(repr(self.classes).encode())
+        for name in SPLITS:
+            h.update(f"{name}:{self.splits[name].hash}".encode())
+        return h.hexdigest()
+
+    def summary(self) -> dict[str, int]:
+        return {name: len(self.splits[name]) for name in SPLITS}
+
+
+def _suggest(value: str, options) -> str:
+    close = difflib.get_close_matches(value, list(options), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _unit_hash(shas: pd.Series, seed: int) -> np.ndarray:
+    """A number in [0, 1) per image from its content hash and the seed."""
+    return np.array([int(hashlib.sha256(f"{seed}:{s}".encode()).hexdigest()[:13], 16) / 16**13
+                     for s in shas])
+
+
+def _pools(data: ImageTable, cfg: ScenarioConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks of training-pool and evaluation-pool rows."""
+    table = data.table
+    if data.has_splits:
+        values = set(table["split"])
+        unknown = sorted(values - set(KNOWN_SPLIT_VALUES))
+        if unknown:
+            raise DataError(f"split value {unknown[0]!r} in the data is not one of "
+                            f"{', '.join(KNOWN_SPLIT_VALUES)}")
+        train = (table["split"] == "train").to_numpy()
+        return train, table["split"].isin(EVAL_SPLITS).to_numpy()
+    held_out = _unit_hash(table["sha"], cfg.seed) < cfg.holdout_fraction
+    return ~held_out, held_out
+
+
+def kmeans_subgroups(embeddings: np.ndarray, fit_mask: np.ndarray, shas: np.ndarray, k: int,
+                     seed: int) -> np.ndarray:
+    """Subgroup names (``k0``...) by the documented k-means rule; see the module docstring."""
+    from sklearn.cluster import KMeans
+
+    if fit_mask.sum() < k:
+        raise DataError(f"scenario.num_subgroups is {k} but the forget class has only "
+                        f"{int(fit_mask.sum())} training images to cluster")
+    x = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True).clip(1e-12)
+    km = KMeans(n_clusters=k, random_state=seed, n_init=10).fit(x[fit_mask].astype(np.float64))
+    assign = km.predict(x.astype(np.float64))
+    fit_assign = assign[fit_mask]
+    order = sorted(range(k), key=lambda c: (-(fit_assign == c).sum(),
+                                            min(shas[fit_mask][fit_assign == c], default="")))
+    names = {c: f"k{rank}" for rank, c in enumerate(order)}
+    return np.array([names[c] for c in assign], dtype=object)
+
+
+def _split(table: pd.DataFrame, rows: np.ndarray, classes: tuple[str, ...], name: str) -> Split:
+    labels = np.array([classes.index(c) for c in table["class_name"].to_numpy()[rows]],
+                      dtype=np.int64)
+    h = hashlib.sha256(name.encode())
+    for sha, label in zip(table["sha"].to_numpy()[rows], labels):
+        h.update(f"{sha}:{label};".encode())
+    return Split(indices=np.asarray(rows, dtype=np.int64), labels=labels, hash=h.hexdigest())
+
+
+def _ordered(table: pd.DataFrame, mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Rows of ``mask`` in content-hash order, then shuffled by ``rng``."""
+    rows = np.flatnonzero(mask)
+    rows = rows[np.lexsort((rows, table["sha"].to_numpy()[rows]))]
+    return rows[rng.permutation(len(rows))]
+
+
+def build_scenario(data: ImageTable, cfg: ScenarioConfig,
+                   embed: Callable[[np.ndarray], np.ndarray] | None = None) -> Scenario:
+    """Derive every split of the scenario; ``embed`` maps uint8 images to embeddings and is
+    needed only for the k-means subgroup rule."""
+    table = data.table
+    classes = data.classes
+    if cfg.forget_class not in classes:
+        raise DataError(f"scenario.forget_class {cfg.forget_class!r} is not a class of the data"
+                        f"{_suggest(cfg.forget_class, classes)}; classes: "
+                        f"{', '.join(classes[:30])}")
+    for c in cfg.retain_classes:
+        if c == cfg.forget_class:
+            raise DataError(f"scenario.retain_classes contains the forget class {c!r}: its other "
+                            "subgroups are retained already")
+        if c not in classes:
+            raise DataError(f"scenario.retain_classes names {c!r}, which is not a class of the "
+                            f"data{_suggest(c, classes)}")
+    train_pool, eval_pool = _pools(data, cfg)
+    is_class = (table["class_name"] == cfg.forget_class).to_numpy()
+
+    # Subgroups of the forget class.
+    has_column = "subgroup" in table and table.loc[is_class, "subgroup"].notna().all()
+    mode = cfg.subgroups if cfg.subgroups != "auto" else ("column" if has_column else "kmeans")
+    subgroup = np.array([None] * len(table), dtype=object)
+    if mode == "column":
+        if not has_column:
+            raise DataError(f"scenario.subgroups is 'column' but images of class "
+                            f"{cfg.forget_class!r} have no subgroup label")
+        subgroup[is_class] = table.loc[is_class, "subgroup"].to_numpy()
+        rule = "column"
+    else:
+        if embed is None:
+            raise DataError("the k-means subgroup rule needs the base model's image embeddings")
+        rows = np.flatnonzero(is_class)
+        emb = embed(np.asarray(data.images[rows]))
+        subgroup[rows] = kmeans_subgroups(emb, train_pool[rows], table["sha"].to_numpy()[rows],
+                                          cfg.num_subgroups, cfg.seed)
+        rule = f"kmeans(k={cfg.num_subgroups}, seed={cfg.seed}, base-model image embeddings)"
+    subgroups = tuple(sorted({s for s in subgroup[is_class] if s is not None}))
+
+    if cfg.forget_subgroup is None:
+        forget_mask = is_class
+        retain_mask = table["class_name"].isin(cfg.retain_classes).to_numpy()
+        if not cfg.retain_classes:
+            raise DataError("forgetting the whole class (scenario.forget_subgroup: null) needs "
+                            "scenario.retain_classes: there is no subgroup of it left to keep")
+    else:
+        if cfg.forget_subgroup not in subgroups:
+            raise DataError(f"scenario.forget_subgroup {cfg.forget_subgroup!r} is not a subgroup "
+                            f"of class {cfg.forget_class!r}{_suggest(cfg.forget_subgroup, subgroups)}"
+                            f"; subgroups ({rule}): {', '.join(subgroups)}")
+        forget_mask = is_class & (subgroup == cfg.forget_subgroup)
+        retain_mask = ((is_class & (subgroup != cfg.forget_subgroup))
+                       | table["class_name"].isin(cfg.retain_classes).to_numpy())
+
+    trained = {cfg.forget_class, *cfg.retain_classes}
+    if cfg.zeroshot_classes:
+        for c in cfg.zeroshot_classes:
+            if c not in classes:
+                raise DataError(f"scenario.zeroshot_classes names {c!r}, which is not a class of "
+                                f"the data{_suggest(c, classes)}")
+            if c in trained:
+                raise DataError(f"scenario.zeroshot_classes names {c!r}, which a stage trains on")
+        zeroshot = tuple(cfg.zeroshot_classes)
+    else:
+        zeroshot = tuple(c for c in classes if c not in trained)
+    if not zeroshot:
+        raise DataError("no zero-shot classes are left: every class is trained on; remove some "
+                        "from scenario.retain_classes")
+    zeroshot_mask = table["class_name"].isin(zeroshot).to_numpy()
+
+    rng = np.random.default_rng(cfg.seed)
+    what = (f"subgroup {cfg.forget_subgroup!r} of class {cfg.forget_class!r}"
+            if cfg.forget_subgroup is not None else f"class {cfg.forget_class!r}")
+
+    def train_and_calibration(mask, cap, label):
+        rows = _ordered(table, mask & train_pool, rng)
+        if len(rows) < 2:
+            raise DataError(f"the {label} set is empty or too small: {len(rows)} training images "
+                            f"({'of ' + what if label == 'forget' else 'to retain'}); "
+                            "at least 2 are needed")
+        n_cal = min(len(rows) - 1, max(1, round(cfg.calibration_fraction * len(rows))))
+        return rows[n_cal:n_cal + cap], rows[:n_cal]
+
+    forget_train, calib_forget = train_and_calibration(forget_mask, cfg.max_forget, "forget")
+    retain_train, calib_retain = train_and_calibration(retain_mask, cfg.max_retain, "retain")
+
+    def held_out(mask, label):
+        rows = _ordered(table, mask & eval_pool, rng)[:cfg.max_eval]
+        if len(rows) == 0:
+            raise DataError(f"no held-out images for the {label} metric: the data's test/val "
+                            f"split has none of {what if label == 'forget' else 'these classes'}")
+        return rows
+
+    eval_forget = held_out(forget_mask, "forget")
+    eval_retain = held_out(retain_mask, "retain")
+    eval_zeroshot = held_out(zeroshot_mask, "zero-shot")
+
+    forget_rows = np.concatenate([forget_train, calib_forget, eval_forget])
+    retain_rows = np.concatenate([retain_train, calib_retain, eval_retain])
+    shas = table["sha"].to_numpy()
+    overlap = set(shas[forget_rows]) & set(shas[retain_rows])
+    if overlap:
+        example = table["source"].to_numpy()[forget_rows][np.isin(shas[forget_rows],
+                                                                  list(overlap))][0]
+        raise DataError(f"the forget and retain sets overlap: {len(overlap)} images appear in "
+                        f"both (same content), e.g. {example}")
+
+    rows = {"forget_train": forget_train, "retain_train": retain_train,
+            "calib_forget": calib_forget, "calib_retain": calib_retain,
+            "eval_forget": eval_forget, "eval_retain": eval_retain,
+            "eval_zeroshot": eval_zeroshot}
+    return Scenario(
+        classes=classes, forget_class=cfg.forget_class, forget_subgroup=cfg.forget_subgroup,
+        retain_classes=tuple(cfg.retain_classes), zeroshot_classes=zeroshot, subgroup_rule=rule,
+        subgroups=subgroups, splits={k: _split(table, v, classes, k) for k, v in rows.items()})

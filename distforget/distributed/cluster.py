@@ -1,0 +1,76 @@
+"""Joining Ray, checking that storage suits the cluster, and sizing concurrency."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import ray
+
+from distforget import storage
+from distforget.config import ResourcesConfig
+from distforget.errors import ConfigError
+
+# Ray Train's controller polls its workers every 2 s by default; on short stages (the embedded
+# default) that poll is most of a stage's overhead.
+TRAIN_ENV = {"RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5"}
+
+
+def connect() -> None:
+    """Join the cluster in ``RAY_ADDRESS`` (as under ``ray job submit``), or start a local one."""
+    if ray.is_initialized():
+        return
+    if os.environ.get("RAY_ADDRESS"):
+        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+    else:
+        for k, v in TRAIN_ENV.items():
+            os.environ.setdefault(k, v)
+        ray.init(runtime_env={"env_vars": {k: os.environ[k] for k in TRAIN_ENV}})
+
+
+def alive_nodes(nodes: list[dict] | None = None) -> list[dict]:
+    nodes = ray.nodes() if nodes is None else nodes
+    return [n for n in nodes if n.get("Alive")]
+
+
+def per_trial(resources: ResourcesConfig) -> dict[str, float]:
+    """What one trial holds while a stage runs: its own process plus the stage's workers."""
+    need = {"CPU": resources.trial_cpus + resources.workers * resources.cpus_per_worker}
+    if resources.gpus_per_worker:
+        need["GPU"] = resources.workers * resources.gpus_per_worker
+    return need
+
+
+def fits_on(node_resources: dict[str, float], resources: ResourcesConfig) -> bool:
+    """Whether one Train worker of a trial fits on a node with these resources."""
+    return (node_resources.get("CPU", 0) >= resources.cpus_per_worker
+            and node_resources.get("GPU", 0) >= resources.gpus_per_worker)
+
+
+def check_storage(storage_uri: str, shared: bool, resources: ResourcesConfig,
+                  nodes: list[dict] | None = None) -> None:
+    """Refuse a local output path when stage workers can run on other nodes than this one."""
+    if storage.is_remote(storage_uri) or shared:
+        return
+    live = alive_nodes(nodes)
+    here = ray.get_runtime_context().get_node_id() if nodes is None else None
+    local = [n for n in live if here is None or n.get("NodeID") == here] or live[:1]
+    workers_elsewhere = len(live) > 1 or not any(fits_on(n.get("Resources", {}), resources)
+                                                 for n in local)
+    if workers_elsewhere:
+        raise ConfigError(
+            f"output.storage {storage_uri!r} is a local path, but this Ray cluster runs stage "
+            f"workers on other nodes ({len(live)} nodes, or none here with room for a worker): "
+            "use storage that every node reaches (s3://..., gs://...), or set "
+            "output.shared: true if the path is a shared mount (NFS) on every node")
+
+
+def max_concurrent(resources: ResourcesConfig, total: dict[str, float], num_trials: int,
+                   configured: int | None) -> int:
+    """Trials that can run at once: the configured value, else what the cluster's current
+    resources hold (at least 1, at most the number of trials)."""
+    if configured is not None:
+        return configured
+    need = per_trial(resources)
+    fit = min(math.floor(total.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0)
+    return max(1, min(num_trials, fit))

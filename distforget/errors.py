@@ -1,0 +1,21 @@
+"""Errors that distforget raises for bad input.
+
+Every error a user can cause (config, data, checkpoints, storage) is a ``DistforgetError`` with a
+message that names the bad value and what was expected; the command line prints it as one line.
+"""
+
+
+class DistforgetError(ValueError):
+    """Bad input: the message names the value and what was expected."""
+
+
+class ConfigError(DistforgetError):
+    """A config file, a key=value override or a search space is wrong."""
+
+
+class DataError(DistforgetError):
+    """A data source, a scenario or an image is wrong."""
+
+
+class CheckpointError(DistforgetError):
+    """A checkpoint does not match its architecture or its recorded hash."""

@@ -1,0 +1,186 @@
+"""Stage 2, remind: cross-entropy on retained images plus distillation from the base model.
+
+``loss = CE(student, y) + lambda_kd * T^2 * KL(softmax(teacher / T) || softmax(student / T))``
+over the zero-shot head. The distillation set is the retain training images (their teacher
+logits were computed once, in ``prepare``) plus, for BatchNorm image towers, optional synthetic
+images optimised so that their batch statistics match the BN layers' stored statistics: they
+stand in for the pre-training distribution that the stages never see. Optional weight EMA.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+from distforget.config import RemindConfig
+from distforget.errors import ConfigError
+from distforget.prepare import Prepared
+from distforget.training import (Parallel, StageHooks, StageOutput, autocast, batch_scale,
+                                 global_batches, optimizer_state_to_cpu, run_epochs,
+                                 set_trainable, sharded_accuracy, train_mode, visual_state,
+                                 wrap_ddp)
+
+
+AUTO_BN_ALIGN_IMAGES = 256
+
+
+def batchnorm_layers(visual: torch.nn.Module) -> list[torch.nn.Module]:
+    return [m for m in visual.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+
+
+def bn_align_count(cfg: RemindConfig, visual: torch.nn.Module) -> int:
+    """How many BN-aligned images the remind stage distils on (``null`` = auto)."""
+    if cfg.bn_align_images is None:
+        return AUTO_BN_ALIGN_IMAGES if batchnorm_layers(visual) else 0
+    if cfg.bn_align_images and not batchnorm_layers(visual):
+        raise ConfigError("remind.bn_align_images needs an image tower with BatchNorm layers "
+                          "(an RN model); this model has none: set it to 0 or null")
+    return cfg.bn_align_images
+
+
+def bn_aligned_images(visual: torch.nn.Module, prep, *, count: int, steps: int, seed: int,
+                      lr: float = 0.1) -> np.ndarray:
+    """Synthetic uint8 images whose per-layer batch statistics match the stored BN statistics.
+
+    Starts from seeded noise in normalised input space and minimises, over ``steps`` Adam steps,
+    the squared distance between each BN layer's input mean/variance and its running mean/
+    variance (plus a small total-variation prior for smoothness).
+    """
+    bns = batchnorm_layers(visual)
+    visual.eval()
+    device = prep.device
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(count, 3, prep.size, prep.size, generator=gen).to(device).requires_grad_(True)
+    stats: list[torch.Tensor] = []
+
+    def hook(module, inputs, _output):
+        inp = inputs[0].float()
+        mean = inp.mean(dim=(0, 2, 3))
+        var = inp.var(dim=(0, 2, 3), unbiased=False)
+        stats.append((mean - module.running_mean).pow(2).sum()
+                     + (var - module.running_var).pow(2).sum())
+
+    handles = [bn.register_forward_hook(hook) for bn in bns]
+    opt = torch.optim.Adam([x], lr=lr)
+    params = list(visual.parameters())
+    saved = [p.requires_grad for p in params]
+    for p in params:
+        p.requires_grad_(False)
+    try:
+        for _ in range(steps):
+            stats.clear()
+            visual(x)
+            tv = (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., 1:] - x[..., :-1]).abs().mean()
+            loss = torch.stack(stats).sum() + 1e-3 * tv
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+    finally:
+        for h in handles:
+            h.remove()
+        for p, s in zip(params, saved):
+            p.requires_grad_(s)
+    with torch.no_grad():
+        img = x.detach() * prep.std + prep.mean
+        img = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
+    return img.cpu().numpy()
+
+
+def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float
+                      ) -> torch.Tensor:
+    """Per-image ``T^2 * KL(softmax(teacher/T) || softmax(student/T))``."""
+    t = temperature
+    kl = F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1),
+                  log_target=True, reduction="none").sum(-1)
+    return t * t * kl
+
+
+def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
+               device: torch.device, precision: str = "auto", parallel: Parallel | None = None,
+               hooks: StageHooks = StageHooks()) -> StageOutput:
+    """Fine-tune the forgotten image tower on retained images with distillation."""
+    start = time.perf_counter()
+    parallel = parallel or Parallel.current()
+    torch.manual_seed(cfg.seed)
+    head = prepared.head_tensor(device)
+    prep = prepared.preprocess(device)
+    r = prepared.split("retain_train")
+    kd_images = prepared.images[r.indices]
+    kd_labels = r.labels
+    teacher = prepared.teacher_logits
+
+    base = prepared.model().visual
+    count = bn_align_count(cfg, base)
+    if count and prepared.synthetic_key == (count, cfg.bn_align_steps, cfg.seed):
+        synth, synth_teacher = prepared.synthetic, prepared.synthetic_teacher
+    elif count:  # knobs differ from the run's shared set: make this stage's own
+        base = base.to(device)
+        synth = bn_aligned_images(base, prep, count=count,
+                                  steps=cfg.bn_align_steps, seed=cfg.seed)
+        with torch.no_grad(), autocast(device, precision):
+            feats = F.normalize(base(prep(synth)).float(), dim=-1)
+        synth_teacher = (prepared.logit_scale * feats @ head.T).float().cpu().numpy()
+    del base
+    synthetic = count
+    if count:
+        kd_images = np.concatenate([kd_images, synth])
+        kd_labels = np.concatenate([kd_labels, np.full(len(synth), -1)])
+        teacher = np.concatenate([teacher, synth_teacher])
+
+    visual = prepared.model(upstream.state).visual.to(device)
+    layers = upstream.meta.get("layers") if cfg.layers == "forget" else None
+    layers = set_trainable(visual, layers)
+    train_mode(visual)
+    module = wrap_ddp(visual, parallel, device)
+    opt = torch.optim.AdamW([p for p in visual.parameters() if p.requires_grad], lr=cfg.lr,
+                            weight_decay=cfg.weight_decay)
+    ema = (AveragedModel(visual, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
+                         use_buffers=True) if cfg.ema_decay else None)
+    labels_t = torch.as_tensor(kd_labels, device=device)
+    teacher_t = torch.as_tensor(np.asarray(teacher), device=device)
+
+    def step(global_batch: np.ndarray) -> torch.Tensor:
+        local = parallel.shard(global_batch)
+        with autocast(device, precision):
+            feats = F.normalize(module(prep(kd_images[local])).float(), dim=-1)
+        logits = prepared.logit_scale * feats @ head.T
+        y = labels_t[local]
+        labelled = y >= 0
+        ce = F.cross_entropy(logits[labelled], y[labelled], reduction="sum") \
+            if bool(labelled.any()) else logits.sum() * 0
+        kd = distillation_loss(logits, teacher_t[local], cfg.temperature).sum()
+        return (ce + cfg.lambda_kd * kd) * batch_scale(parallel, len(global_batch))
+
+    def end_epoch(epoch: int) -> tuple[dict, bool]:
+        real = kd_labels >= 0
+        acc = sharded_accuracy(ema.module if ema else visual, kd_images[real], kd_labels[real],
+                               head, prep, parallel, precision)
+        return {"train_retain_acc": acc}, False
+
+    def snapshot() -> dict:
+        snap = {"visual": {k: v.detach().cpu().clone() for k, v in visual.state_dict().items()},
+                "optimizer": optimizer_state_to_cpu(opt.state_dict())}
+        if ema is not None:
+            snap["ema"] = {k: v.detach().cpu().clone() for k, v in ema.state_dict().items()}
+        return snap
+
+    def restore(snap: dict) -> None:
+        visual.load_state_dict(snap["visual"])
+        opt.load_state_dict(snap["optimizer"])
+        if ema is not None and "ema" in snap:
+            ema.load_state_dict(snap["ema"])
+
+    record = run_epochs(
+        epochs=cfg.epochs,
+        batches=lambda e: global_batches(len(kd_images), cfg.batch_size, e, cfg.seed),
+        step=step, optimizer=opt, end_epoch=end_epoch, snapshot=snapshot, restore=restore,
+        hooks=hooks, parallel=parallel,
+        after_step=(lambda: ema.update_parameters(visual)) if ema is not None else None)
+    final = ema.module if ema is not None else visual
+    meta = {"stage": "remind", "layers": layers, "synthetic_images": synthetic, **record,
+            "wall_s": time.perf_counter() - start}
+    return StageOutput(state=visual_state(final), meta=meta)

@@ -1,0 +1,269 @@
+"""One trial, without Ray: run the stages (through a content-addressed stage cache), make the
+soup, and measure it.
+
+How stages are *launched* is the caller's choice: in-process here (``local_launcher``), or as
+Ray Train jobs by the adapter in ``distforget.distributed``. Either way a stage's output is
+stored in a ``StageCache`` under a key that hashes everything it depends on (the shared inputs'
+fingerprint, the stage, its knobs, the key of its upstream stage and the precision), so a trial
+whose forget settings equal an earlier trial's reuses that forget stage without a step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+
+from distforget import storage
+from distforget.config import RunConfig, to_dict
+from distforget.evaluate import METRICS
+from distforget.prepare import Prepared
+from distforget.restore import choose_alpha, soup
+from distforget.training import Parallel, StageHooks, StageOutput
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a model is made from stage outputs: the method, its stages' cache keys, the soup."""
+
+    method: str
+    stages: tuple[tuple[str, str], ...] = ()
+    alpha: float = 1.0
+    beta: float = 0.0
+
+    def with_soup(self, alpha: float, beta: float | None = None) -> "Recipe":
+        return Recipe(self.method, self.stages, float(alpha),
+                      self.beta if beta is None else float(beta))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"method": self.method, "stages": dict(self.stages), "alpha": self.alpha,
+                "beta": self.beta}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Recipe":
+        return cls(d["method"], tuple(d.get("stages", {}).items()), float(d.get("alpha", 1.0)),
+                   float(d.get("beta", 0.0)))
+
+
+def stage_key(fingerprint: str, stage: str, method: str, knobs: dict, upstream: str | None,
+              precision: str) -> str:
+    payload = json.dumps({"inputs": fingerprint, "stage": stage, "method": method,
+                          "knobs": knobs, "upstream": upstream, "precision": precision},
+                         sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+class StageCache:
+    """Stage outputs by key: in memory, and under ``root`` (a path or URI) when given, as
+    ``<root>/<stage>-<key>/model.safetensors`` plus ``meta.json`` (written last)."""
+
+    def __init__(self, root: str | None = None):
+        self.root = root
+        self._memory: dict[str, StageOutput] = {}
+
+    def _dir(self, stage: str, key: str) -> str:
+        return storage.join(self.root, f"{stage}-{key[:24]}")
+
+    def has(self, stage: str, key: str) -> bool:
+        if key in self._memory:
+            return True
+        return self.root is not None and storage.exists(
+            storage.join(self._dir(stage, key), "meta.json"))
+
+    def get(self, stage: str, key: str) -> StageOutput | None:
+        if key in self._memory:
+            return self._memory[key]
+        if self.root is None:
+            return None
+        folder = self._dir(stage, key)
+        meta_uri = storage.join(folder, "meta.json")
+        if not storage.exists(meta_uri):
+            return None
+        meta = json.loads(storage.read_bytes(meta_uri))
+        state = load_safetensors(storage.read_bytes(storage.join(folder, "model.safetensors")))
+        out = StageOutput(state=state, meta=meta)
+        self._memory[key] = out
+        return out
+
+    def put(self, stage: str, key: str, output: StageOutput) -> None:
+        self._memory[key] = output
+        if self.root is None:
+            return
+        folder = self._dir(stage, key)
+        tensors = {k: v.contiguous() for k, v in output.state.items()}
+        storage.write_bytes(storage.join(folder, "model.safetensors"), save_safetensors(tensors))
+        storage.write_bytes(storage.join(folder, "meta.json"),
+                            json.dumps(output.meta, indent=1, default=float).encode())
+
+
+def run_stage(prepared: Prepared, cfg: RunConfig, stage: str, upstream: StageOutput | None, *,
+              device: torch.device, parallel: Parallel | None = None,
+              hooks: StageHooks = StageHooks()) -> StageOutput:
+    """Run one stage in this process (one rank of its group)."""
+    precision = cfg.model.precision
+    if stage == "forget":
+        from distforget.forget import run_forget
+        return run_forget(prepared, cfg.forget, device=device, precision=precision,
+                          parallel=parallel, hooks=hooks)
+    if stage == "remind":
+        from distforget.remind import run_remind
+        return run_remind(prepared, cfg.remind, upstream, device=device, precision=precision,
+                          parallel=parallel, hooks=hooks)
+    if stage == "baseline":
+        from distforget.baselines import run_baseline
+        return run_baseline(prepared, cfg.method, cfg.baseline, device=device,
+                            precision=precision, parallel=parallel, hooks=hooks)
+    raise ValueError(f"unknown stage {stage!r}")
+
+
+UPSTREAM = {"remind": "forget"}  # the stage whose output a stage starts from
+
+
+def stage_plan(cfg: RunConfig) -> list[tuple[str, dict]]:
+    """The stages a method runs, with the knobs each depends on."""
+    if cfg.method == "three_stage":
+        return [("forget", to_dict(cfg.forget)), ("remind", to_dict(cfg.remind))]
+    if cfg.method == "base":
+        return []
+    return [("baseline", to_dict(cfg.baseline))]
+
+
+def recipe_state(base: dict[str, torch.Tensor], cache: StageCache, recipe: Recipe
+                 ) -> dict[str, torch.Tensor]:
+    """The image tower's weights for a recipe ("visual." keys), from the base tower's."""
+    stages = dict(recipe.stages)
+    if recipe.method == "base":
+        return base
+    if recipe.method == "three_stage":
+        forgotten = cache.get("forget", stages["forget"]).state
+        reminded = cache.get("remind", stages["remind"]).state
+        return soup(base, forgotten, reminded, recipe.alpha, recipe.beta)
+    return cache.get("baseline", stages["baseline"]).state
+
+
+@torch.no_grad()
+def evaluate_recipes(prepared: Prepared, cache: StageCache, recipes: Sequence[Recipe],
+                     which: str, device: torch.device, precision: str = "auto") -> list[dict]:
+    """Metrics for each recipe: held-out (``which="eval"``) or calibration ones."""
+    visual = prepared.model().visual.to(device)
+    evaluator = prepared.evaluator(device, precision)
+    base = prepared.base_visual_state()
+    out = []
+    for recipe in recipes:
+        state = recipe_state(base, cache, recipe)
+        visual.load_state_dict({k[len("visual."):]: v for k, v in state.items()})
+        out.append(evaluator.metrics(visual) if which == "eval" else evaluator.calibration(visual))
+    return out
+
+
+@dataclass(frozen=True)
+class StageTask:
+    """A stage to run: its name, its cache key and its upstream stage's key."""
+
+    stage: str
+    key: str
+    upstream: str | None
+
+
+# launch(cfg, tasks) runs the stages in order, leaves each output in the stage cache under its
+# key, and returns the outputs by key.
+Launch = Callable[[RunConfig, Sequence[StageTask]], dict[str, StageOutput]]
+Evaluate = Callable[[Sequence[Recipe], str], list[dict]]
+
+
+def local_launcher(prepared: Prepared, cache: StageCache, device: torch.device) -> Launch:
+    """Run stages in this process (no Ray): one rank, the given device."""
+    def launch(cfg: RunConfig, tasks: Sequence[StageTask]) -> dict[str, StageOutput]:
+        out = {}
+        for task in tasks:
+            upstream = cache.get(UPSTREAM[task.stage], task.upstream) if task.upstream else None
+            out[task.key] = run_stage(prepared, cfg, task.stage, upstream, device=device)
+            cache.put(task.stage, task.key, out[task.key])
+        return out
+    return launch
+
+
+def local_evaluator(prepared: Prepared, cache: StageCache, device: torch.device,
+                    precision: str) -> Evaluate:
+    def evaluate(recipes: Sequence[Recipe], which: str) -> list[dict]:
+        return evaluate_recipes(prepared, cache, recipes, which, device, precision)
+    return evaluate
+
+
+@dataclass
+class TrialResult:
+    metrics: dict[str, float]
+    recipe: Recipe
+    stages: dict[str, dict] = field(default_factory=dict)
+    calibration: list[dict] = field(default_factory=list)
+    sweep: list[tuple[Recipe, dict[str, float]]] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    def record(self) -> dict[str, Any]:
+        """A flat record: every metric, the soup, stage cache use and timing."""
+        rec: dict[str, Any] = dict(self.metrics)
+        rec.update({"method": self.recipe.method, "alpha": self.recipe.alpha,
+                    "beta": self.recipe.beta, "wall_s": self.wall_s,
+                    "stage_cache_hits": sum(1 for s in self.stages.values() if s["cached"]),
+                    "stage_cache_misses": sum(1 for s in self.stages.values() if not s["cached"]),
+                    "train_steps": sum(s.get("steps", 0) for s in self.stages.values()
+                                       if not s["cached"])})
+        return rec
+
+
+def run_trial(prepared: Prepared, cfg: RunConfig, *, launch: Launch, cache: StageCache,
+              evaluate: Evaluate, sweep: Sequence[tuple[float, float]] = (),
+              log: Callable[[str], None] | None = None) -> TrialResult:
+    """Run ``cfg.method`` on the prepared inputs; ``sweep`` lists extra (alpha, beta) soups to
+    measure as well (evaluations only, no training)."""
+    start = time.perf_counter()
+    tasks: list[StageTask] = []
+    upstream: str | None = None
+    for stage, knobs in stage_plan(cfg):
+        key = stage_key(prepared.fingerprint, stage, cfg.method, knobs, upstream,
+                        cfg.model.precision)
+        tasks.append(StageTask(stage, key, upstream))
+        upstream = key
+    outputs = {t.key: cache.get(t.stage, t.key) for t in tasks}
+    missing = [t for t in tasks if outputs[t.key] is None]
+    if missing:
+        outputs.update(launch(cfg, missing))
+    stages: dict[str, dict] = {}
+    for task in tasks:
+        cached = task not in missing
+        output = outputs[task.key]
+        if log:
+            log(f"stage {task.stage} {'reused from cache' if cached else 'trained'} "
+                f"({task.key[:12]})")
+        stages[task.stage] = {"key": task.key, "cached": cached,
+                              **{k: output.meta[k] for k in ("steps", "epochs_run", "layers",
+                                                             "wall_s") if k in output.meta}}
+    keys = [(t.stage, t.key) for t in tasks]
+    recipe = Recipe(cfg.method, tuple(keys), cfg.restore.alpha, cfg.restore.beta) \
+        if cfg.method == "three_stage" else Recipe(cfg.method, tuple(keys))
+
+    calibration: list[dict] = []
+    if cfg.method == "three_stage" and cfg.restore.choose == "calibration":
+        grid = [float(a) for a in cfg.restore.grid]
+        rows = dict(zip(grid, evaluate([recipe.with_soup(a) for a in grid], "calibration")))
+        alpha, calibration = choose_alpha(lambda a: rows[a], grid, cfg.restore.forget_target)
+        recipe = recipe.with_soup(alpha)
+
+    points = [recipe]
+    if cfg.method == "three_stage":
+        points += [recipe.with_soup(a, b) for a, b in sweep
+                   if (float(a), float(b)) != (recipe.alpha, recipe.beta)]
+    measured = evaluate(points, "eval")
+    base = {f"base_{k}": prepared.base_metrics[k] for k in METRICS}
+    chosen = next((c for c in calibration if c["alpha"] == recipe.alpha), {})
+    metrics = {**measured[0], **base,
+               **{k: v for k, v in chosen.items() if k.startswith("calib_")}}
+    return TrialResult(metrics=metrics, recipe=recipe, stages=stages, calibration=calibration,
+                       sweep=[(p, {**m, **base}) for p, m in zip(points[1:], measured[1:])],
+                       wall_s=time.perf_counter() - start)
