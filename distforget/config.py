@@ -103,6 +103,10 @@ class ScenarioConfig:
     # Classes (besides the forget class's other subgroups) that the remind stage trains on;
     # they are then not part of the zero-shot set.
     retain_classes: tuple[str, ...] = ()
+    # ImageNet-1K: also retain every class of the data under this WordNet synset (a wnid such
+    # as "n02484322", or a lemma such as "monkey"), the forget class excepted; see
+    # distforget.data.imagenet for the shipped hierarchy.
+    retain_synset: str | None = None
     # Classes measured by zeroshot_acc; empty means every class not trained on in any stage.
     zeroshot_classes: tuple[str, ...] = ()
     max_forget: int = knob(512, ge=1)
@@ -346,15 +350,16 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
 def _check_bounds(value: Any, bounds: dict[str, float], key: str) -> None:
     if value is None or not bounds:
         return
-    items = value if isinstance(value, tuple) else (value,)
+    items = list(enumerate(value)) if isinstance(value, tuple) else [(None, value)]
     checks = {"ge": (lambda v, b: v >= b, ">="), "gt": (lambda v, b: v > b, ">"),
               "le": (lambda v, b: v <= b, "<="), "lt": (lambda v, b: v < b, "<")}
-    for v in items:
+    for i, v in items:
         for name, bound in bounds.items():
             ok, sign = checks[name]
             if not ok(v, bound):
                 expected = " and ".join(f"{checks[n][1]} {b}" for n, b in bounds.items())
-                raise ConfigError(f"{key}: got {v!r}, expected a value {expected}")
+                where = key if i is None else f"{key}[{i}]"
+                raise ConfigError(f"{where}: got {v!r}, expected a value {expected}")
 
 
 def build(cls: type, data: Mapping[str, Any] | None, prefix: str = "") -> Any:

@@ -87,7 +87,7 @@ def create(spec: ModelSpec, state: Mapping[str, Any] | None = None) -> torch.nn.
 
 def load_state(model: torch.nn.Module, state: Mapping[str, Any], source: str) -> None:
     """Load a full state dict strictly; a mismatch names the keys and the source."""
-    tensors = {k: torch.as_tensor(np.asarray(v)) if isinstance(v, np.ndarray) else v
+    tensors = {k: torch.from_numpy(np.array(v)) if isinstance(v, np.ndarray) else v
                for k, v in state.items()}
     expected = model.state_dict()
     missing = sorted(set(expected) - set(tensors))

@@ -49,7 +49,7 @@ class Prepared:
         """The base model on the CPU, or the base with ``state`` (e.g. an image tower) on top."""
         model = create(self.spec, self.base_state)
         if state:
-            merged = {**model.state_dict(), **{k: torch.as_tensor(np.asarray(v))
+            merged = {**model.state_dict(), **{k: torch.from_numpy(np.array(v))
                                               if isinstance(v, np.ndarray) else v
                                               for k, v in state.items()}}
             model.load_state_dict(merged, strict=True)

@@ -119,6 +119,25 @@ def kmeans_subgroups(embeddings: np.ndarray, fit_mask: np.ndarray, shas: np.ndar
     return np.array([names[c] for c in assign], dtype=object)
 
 
+def _synset_classes(cfg: ScenarioConfig, classes: tuple[str, ...]) -> tuple[str, ...]:
+    """The data's classes under ``scenario.retain_synset`` (ImageNet-1K's WordNet hierarchy),
+    minus the forget class and the classes ``retain_classes`` names already."""
+    if cfg.retain_synset is None:
+        return ()
+    from distforget.data.imagenet import classes_under
+
+    try:
+        under = classes_under(cfg.retain_synset)
+    except DataError as exc:
+        raise DataError(f"scenario.retain_synset: {exc}") from None
+    present = tuple(c for c in under if c in classes)
+    if not any(c != cfg.forget_class for c in present):
+        raise DataError(f"scenario.retain_synset {cfg.retain_synset!r} holds no class of the data "
+                        f"besides the forget class (its ImageNet-1K classes: "
+                        f"{', '.join(under[:20])})")
+    return tuple(c for c in present if c != cfg.forget_class and c not in cfg.retain_classes)
+
+
 def _split(table: pd.DataFrame, rows: np.ndarray, classes: tuple[str, ...], name: str) -> Split:
     labels = np.array([classes.index(c) for c in table["class_name"].to_numpy()[rows]],
                       dtype=np.int64)
@@ -152,6 +171,7 @@ def build_scenario(data: ImageTable, cfg: ScenarioConfig,
         if c not in classes:
             raise DataError(f"scenario.retain_classes names {c!r}, which is not a class of the "
                             f"data{_suggest(c, classes)}")
+    retain_classes = tuple(cfg.retain_classes) + _synset_classes(cfg, classes)
     train_pool, eval_pool = _pools(data, cfg)
     is_class = (table["class_name"] == cfg.forget_class).to_numpy()
 
@@ -159,7 +179,9 @@ def build_scenario(data: ImageTable, cfg: ScenarioConfig,
     has_column = "subgroup" in table and table.loc[is_class, "subgroup"].notna().all()
     mode = cfg.subgroups if cfg.subgroups != "auto" else ("column" if has_column else "kmeans")
     subgroup = np.array([None] * len(table), dtype=object)
-    if mode == "column":
+    if cfg.forget_subgroup is None:  # the whole class: no subgroups needed
+        rule = "none (the whole class is forgotten)"
+    elif mode == "column":
         if not has_column:
             raise DataError(f"scenario.subgroups is 'column' but images of class "
                             f"{cfg.forget_class!r} have no subgroup label")
@@ -177,10 +199,11 @@ def build_scenario(data: ImageTable, cfg: ScenarioConfig,
 
     if cfg.forget_subgroup is None:
         forget_mask = is_class
-        retain_mask = table["class_name"].isin(cfg.retain_classes).to_numpy()
-        if not cfg.retain_classes:
+        retain_mask = table["class_name"].isin(retain_classes).to_numpy()
+        if not retain_classes:
             raise DataError("forgetting the whole class (scenario.forget_subgroup: null) needs "
-                            "scenario.retain_classes: there is no subgroup of it left to keep")
+                            "scenario.retain_classes or scenario.retain_synset: there is no "
+                            "subgroup of it left to keep")
     else:
         if cfg.forget_subgroup not in subgroups:
             raise DataError(f"scenario.forget_subgroup {cfg.forget_subgroup!r} is not a subgroup "
@@ -188,9 +211,9 @@ def build_scenario(data: ImageTable, cfg: ScenarioConfig,
                             f"; subgroups ({rule}): {', '.join(subgroups)}")
         forget_mask = is_class & (subgroup == cfg.forget_subgroup)
         retain_mask = ((is_class & (subgroup != cfg.forget_subgroup))
-                       | table["class_name"].isin(cfg.retain_classes).to_numpy())
+                       | table["class_name"].isin(retain_classes).to_numpy())
 
-    trained = {cfg.forget_class, *cfg.retain_classes}
+    trained = {cfg.forget_class, *retain_classes}
     if cfg.zeroshot_classes:
         for c in cfg.zeroshot_classes:
             if c not in classes:
@@ -203,7 +226,7 @@ def build_scenario(data: ImageTable, cfg: ScenarioConfig,
         zeroshot = tuple(c for c in classes if c not in trained)
     if not zeroshot:
         raise DataError("no zero-shot classes are left: every class is trained on; remove some "
-                        "from scenario.retain_classes")
+                        "from scenario.retain_classes (or scenario.retain_synset)")
     zeroshot_mask = table["class_name"].isin(zeroshot).to_numpy()
 
     rng = np.random.default_rng(cfg.seed)
@@ -249,5 +272,5 @@ def build_scenario(data: ImageTable, cfg: ScenarioConfig,
             "eval_zeroshot": eval_zeroshot}
     return Scenario(
         classes=classes, forget_class=cfg.forget_class, forget_subgroup=cfg.forget_subgroup,
-        retain_classes=tuple(cfg.retain_classes), zeroshot_classes=zeroshot, subgroup_rule=rule,
+        retain_classes=retain_classes, zeroshot_classes=zeroshot, subgroup_rule=rule,
         subgroups=subgroups, splits={k: _split(table, v, classes, k) for k, v in rows.items()})

@@ -1,0 +1,51 @@
+"""Small input factories for the tests (fixtures that use them live in conftest.py)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+CIFAR = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "cifar10"
+
+# Small and fast: 8 classes x 3 colours x (24 train + 8 test) images, one pretraining epoch.
+TINY = {
+    "data.generated.train_per_subgroup": 24,
+    "data.generated.test_per_subgroup": 8,
+    "pretrain.epochs": 2,
+    "pretrain.batch_size": 64,
+    "forget.epochs": 2,
+    "forget.fisher_samples": 8,
+    "remind.epochs": 1,
+    "remind.bn_align_images": 8,
+    "remind.bn_align_steps": 3,
+    "baseline.epochs": 1,
+    "restore.grid": [0.0, 0.5, 1.0],
+}
+
+
+def cifar_frame(split: str, per_class: int, classes=None, seed: int = 0) -> pd.DataFrame:
+    """``per_class`` rows of each CIFAR-10 class from the shared copy (JPEG bytes)."""
+    df = pd.read_parquet(CIFAR / f"{split}.parquet")
+    if classes is not None:
+        df = df[df["class_name"].isin(classes)]
+    return df.groupby("class_name").sample(n=per_class, random_state=seed).reset_index(drop=True)
+
+
+def write_image_folder(root: Path, frame: pd.DataFrame, split: str, subgroup_of=None) -> None:
+    """Decode JPEG bytes into ROOT/<split>/<class>/[<subgroup>/]<n>.png."""
+    from PIL import Image
+
+    for i, row in enumerate(frame.itertuples()):
+        parts = [root, split, row.class_name]
+        if subgroup_of is not None:
+            parts.append(subgroup_of(i, row))
+        folder = Path(*parts)
+        folder.mkdir(parents=True, exist_ok=True)
+        Image.open(io.BytesIO(row.image)).save(folder / f"{i:04d}.png")
+
+
+def rng_images(n: int, size: int = 32, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, size=(n, size, size, 3), dtype=np.uint8)

@@ -1,0 +1,86 @@
+from pathlib import Path
+
+import pytest
+
+from distforget.config import RunConfig, from_dict, load_config, parse_overrides, replace
+from distforget.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_are_the_embedded_default_and_round_trip():
+    cfg = load_config()
+    assert cfg == RunConfig()
+    assert cfg.data.format == "generated" and cfg.model.pretrained == "embedded"
+    assert from_dict(cfg.to_dict()) == cfg
+
+
+def test_yaml_and_overrides_are_applied(tmp_path):
+    path = write(tmp_path, "forget:\n  lr: 1e-4\n  loss: ce_away\nscenario:\n  retain_classes: [square]\n")
+    cfg = load_config(path, ["forget.top_k=3", "remind.ema_decay=null"])
+    assert cfg.forget.lr == pytest.approx(1e-4)  # YAML 1.1 reads 1e-4 as a string
+    assert cfg.forget.loss == "ce_away" and cfg.forget.top_k == 3
+    assert cfg.scenario.retain_classes == ("square",)
+    assert cfg.remind.ema_decay is None
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["forget.lrr=1"], "unknown key forget.lrr: expected one of"),
+    (["nosuch=1"], "unknown key nosuch"),
+    (["forget.epochs=1.5"], "forget.epochs: got 1.5, expected an integer"),
+    (["forget.lr=fast"], "forget.lr: got 'fast', expected a number"),
+    (["forget.lr=-1"], "forget.lr: got -1.0, expected a value > 0 and <= 1"),
+    (["forget.loss=banana"], "forget.loss: got 'banana', expected one of 'similarity'"),
+    (["restore.grid=[0.5, 2]"], "restore.grid[1]"),
+    (["model.compile=maybe"], "model.compile: got 'maybe', expected true or false"),
+    (["scenario=3"], "scenario: got 3, expected a mapping"),
+    (["resources.workers=0"], "resources.workers: got 0, expected a value >= 1"),
+])
+def test_bad_values_name_the_key_and_the_expected_form(overrides, message):
+    with pytest.raises(ConfigError) as err:
+        load_config(None, overrides)
+    assert message in str(err.value)
+
+
+def test_yaml_syntax_error_names_the_line(tmp_path):
+    path = write(tmp_path, "forget:\n  lr: 0.1\n  epochs: [1, 2\nremind: {}\n")
+    with pytest.raises(ConfigError, match=r"not valid YAML at line \d+"):
+        load_config(path)
+
+
+def test_missing_file_and_non_mapping_are_refused(tmp_path):
+    with pytest.raises(ConfigError, match="does not exist"):
+        load_config(tmp_path / "nope.yaml")
+    with pytest.raises(ConfigError, match="expected a mapping at the top level"):
+        load_config(write(tmp_path, "- a\n- b\n"))
+
+
+def test_override_syntax_is_checked():
+    with pytest.raises(ConfigError, match="expected key=value"):
+        parse_overrides(["forget.lr"])
+    assert parse_overrides(["a.b=[1, 2]", "c=null"]) == {"a.b": [1, 2], "c": None}
+
+
+def test_replace_returns_a_new_validated_config():
+    cfg = RunConfig()
+    new = replace(cfg, {"method": "ga"})
+    assert new.method == "ga" and cfg.method == "three_stage"
+    with pytest.raises(ConfigError):
+        replace(cfg, {"method": "nonsense"})
+
+
+def test_shipped_configs_load():
+    paths = sorted((ROOT / "configs").glob("*.yaml"))
+    assert paths, "configs/ should hold ready-made run configs"
+    for path in paths:
+        load_config(path)
+
+
+def test_the_embedded_config_file_is_the_default():
+    assert load_config(ROOT / "configs" / "embedded.yaml") == RunConfig()

@@ -1,0 +1,84 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from distforget.errors import ConfigError
+from distforget.pareto import (hypervolume, knee, non_dominated, normalized_hypervolume,
+                               pareto_front, parse_rule, pick, to_minimize)
+
+
+def table(rows):
+    return pd.DataFrame([dict(zip(["trial_id", "forget_acc", "retain_acc", "zeroshot_acc"], r),
+                              status="ok") for r in rows])
+
+
+def test_objectives_become_lower_is_better_in_one_place():
+    pts = to_minimize(table([("a", 0.1, 0.8, 0.9)]))
+    assert pts.tolist() == [[0.1, -0.8, -0.9]]
+
+
+def test_front_keeps_ties_and_drops_dominated_rows():
+    t = table([("a", 0.1, 0.8, 0.9), ("b", 0.1, 0.8, 0.9), ("c", 0.2, 0.7, 0.8),
+               ("d", 0.0, 0.5, 0.95)])
+    assert set(pareto_front(t)["trial_id"]) == {"a", "b", "d"}
+
+
+def test_one_point_and_all_dominated_but_one():
+    assert list(pareto_front(table([("a", 0.3, 0.3, 0.3)]))["trial_id"]) == ["a"]
+    t = table([("best", 0.0, 1.0, 1.0), ("x", 0.1, 0.9, 0.9), ("y", 0.5, 0.2, 0.3)])
+    assert list(pareto_front(t)["trial_id"]) == ["best"]
+
+
+def test_nan_rows_and_failed_trials_are_excluded():
+    t = table([("a", 0.1, 0.8, 0.9), ("nan", float("nan"), 1.0, 1.0), ("f", 0.0, 1.0, 1.0)])
+    t.loc[t["trial_id"] == "f", "status"] = "failed"
+    assert list(pareto_front(t)["trial_id"]) == ["a"]
+    assert non_dominated(np.array([[np.nan, 0.0], [1.0, 1.0]])).tolist() == [False, True]
+
+
+def test_empty_table_has_an_empty_front():
+    empty = pd.DataFrame(columns=["trial_id", "status", "forget_acc", "retain_acc",
+                                  "zeroshot_acc"])
+    assert pareto_front(empty).empty
+
+
+def test_hypervolume_hand_cases_and_cross_check():
+    assert hypervolume(np.array([[0.5, 0.5]]), [1, 1]) == pytest.approx(0.25)
+    assert hypervolume(np.array([[0.0, 0.5], [0.5, 0.0]]), [1, 1]) == pytest.approx(0.75)
+    assert hypervolume(np.array([[0.5, 0.5, 0.5]]), [1, 1, 1]) == pytest.approx(0.125)
+    assert hypervolume(np.array([[2.0, 0.0, 0.0]]), [1, 1, 1]) == 0.0  # outside the box
+    from optuna._hypervolume import compute_hypervolume
+
+    rng = np.random.default_rng(1)
+    pts = rng.random((25, 3))
+    assert hypervolume(pts, [1, 1, 1]) == pytest.approx(compute_hypervolume(pts, np.ones(3)))
+
+
+def test_normalized_hypervolume_of_the_ideal_point_is_one():
+    base = {"forget_acc": 0.9, "retain_acc": 0.8, "zeroshot_acc": 0.7}
+    assert normalized_hypervolume(table([("ideal", 0.0, 0.8, 0.7)]), base) == pytest.approx(1)
+    assert normalized_hypervolume(table([("base", 0.9, 0.8, 0.7)]), base) == 0.0
+
+
+def test_knee_is_the_point_nearest_the_ideal_after_scaling():
+    t = table([("forget-only", 0.0, 0.1, 0.1), ("keep-only", 0.9, 0.9, 0.9),
+               ("balanced", 0.1, 0.8, 0.8)])
+    assert knee(pareto_front(t))["trial_id"] == "balanced"
+
+
+def test_constraint_rules_and_the_closest_point_fallback():
+    t = table([("a", 0.04, 0.8, 0.70), ("b", 0.02, 0.7, 0.90), ("c", 0.30, 0.9, 0.95)])
+    row, why = pick(t, "forget_acc<=0.05, max zeroshot_acc")
+    assert row["trial_id"] == "b" and "2 points meeting" in why
+    row, why = pick(t, "forget_acc<=0.01, max zeroshot_acc")
+    assert row["trial_id"] == "b" and "closest" in why
+    row, _ = pick(t, "retain_acc>=0.75, min forget_acc")
+    assert row["trial_id"] == "a"
+
+
+@pytest.mark.parametrize("rule", ["best", "forget_acc<=0.05", "forget_acc<=x, max retain_acc"])
+def test_bad_rules_are_refused(rule):
+    with pytest.raises(ConfigError):
+        parse_rule(rule)
+    with pytest.raises(ConfigError, match="unknown metric"):
+        pick(table([("a", 0.1, 0.5, 0.5)]), "speed<=1, max retain_acc")

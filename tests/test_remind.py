@@ -1,0 +1,116 @@
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from distforget.config import ForgetConfig, RemindConfig
+from distforget.errors import ConfigError
+from distforget.forget import run_forget
+from distforget.remind import bn_align_count, bn_aligned_images, distillation_loss, run_remind
+from distforget.training import image_layers
+
+
+@pytest.fixture(scope="module")
+def forgotten(tiny_prepared, cpu):
+    return run_forget(tiny_prepared, ForgetConfig(epochs=1, top_k=2, fisher_samples=4), device=cpu)
+
+
+def test_remind_trains_the_forget_stage_layers_only(tiny_prepared, forgotten, cpu):
+    out = run_remind(tiny_prepared, RemindConfig(epochs=1, bn_align_images=0), forgotten,
+                     device=cpu)
+    groups = image_layers(tiny_prepared.model().visual)
+    changed = {layer for layer, names in groups.items()
+               if any(not torch.equal(forgotten.state[f"visual.{n}"], out.state[f"visual.{n}"])
+                      for n in names)}
+    assert changed == set(forgotten.meta["layers"]) == set(out.meta["layers"])
+
+
+def test_stored_teacher_outputs_drive_the_distillation(tiny_prepared, forgotten, cpu):
+    """The remind stage distils on the teacher logits computed once in prepare: swapping the
+    stored logits for ones that favour another class moves the student there."""
+    p = tiny_prepared
+    target = (p.scenario.forget_label + 1) % len(p.classes)
+    fake = np.full_like(p.teacher_logits, -20.0)
+    fake[:, target] = 20.0
+    swapped = dataclasses.replace(p, teacher_logits=fake)
+    cfg = RemindConfig(epochs=2, lr=5e-3, lambda_kd=50.0, layers="all", bn_align_images=0,
+                       ema_decay=None)
+    honest = run_remind(p, cfg, forgotten, device=cpu)
+    misled = run_remind(swapped, cfg, forgotten, device=cpu)
+
+    def share_of_target(out):
+        visual = p.model(out.state).visual
+        r = p.split("retain_train")
+        feats = torch.nn.functional.normalize(visual(p.preprocess(cpu)(p.images[r.indices])),
+                                              dim=-1)
+        return ((feats @ p.head_tensor(cpu).T).argmax(-1) == target).float().mean().item()
+
+    assert share_of_target(misled) > share_of_target(honest) + 0.3
+
+
+def test_shared_synthetic_images_are_reused(tiny_prepared, forgotten, cpu, monkeypatch):
+    import distforget.remind as remind
+
+    def no_synthesis(*a, **k):
+        raise AssertionError("synthetic images were made again")
+
+    monkeypatch.setattr(remind, "bn_aligned_images", no_synthesis)
+    count, steps, seed = tiny_prepared.synthetic_key
+    out = run_remind(tiny_prepared, RemindConfig(epochs=1, bn_align_images=count,
+                                                 bn_align_steps=steps, seed=seed),
+                     forgotten, device=cpu)
+    assert out.meta["synthetic_images"] == count == len(tiny_prepared.synthetic) == 8
+
+
+def test_ema_output_differs_from_the_last_step(tiny_prepared, forgotten, cpu):
+    plain = run_remind(tiny_prepared, RemindConfig(epochs=1, ema_decay=None, lr=5e-3, batch_size=8,
+                                                   bn_align_images=0), forgotten, device=cpu)
+    ema = run_remind(tiny_prepared, RemindConfig(epochs=1, ema_decay=0.5, lr=5e-3, batch_size=8,
+                                                 bn_align_images=0), forgotten, device=cpu)
+    diffs = [not torch.equal(plain.state[k], ema.state[k]) for k in plain.state]
+    assert any(diffs)
+
+
+def test_bn_alignment_matches_stored_statistics(tiny_prepared, cpu):
+    visual = tiny_prepared.model().visual
+    prep = tiny_prepared.preprocess(cpu)
+    bns = remind_bns = [m for m in visual.modules()
+                        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    assert remind_bns
+
+    def gap(images):
+        stats = []
+        hooks = [bn.register_forward_hook(lambda m, i, o: stats.append(
+            (i[0].mean((0, 2, 3)) - m.running_mean).pow(2).sum().item())) for bn in bns]
+        with torch.no_grad():
+            visual.eval()(prep(images))
+        for h in hooks:
+            h.remove()
+        return sum(stats)
+
+    noise = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)
+    a = bn_aligned_images(visual, prep, count=16, steps=30, seed=1)
+    b = bn_aligned_images(visual, prep, count=16, steps=30, seed=1)
+    assert a.dtype == np.uint8 and a.shape == (16, 32, 32, 3)
+    assert np.array_equal(a, b)
+    assert gap(a) < gap(noise)
+
+
+def test_bn_alignment_needs_batchnorm():
+    import open_clip
+
+    import distforget.model  # noqa: F401
+    vit = open_clip.create_model("DF-ViT-Tiny-32").visual
+    assert bn_align_count(RemindConfig(bn_align_images=None), vit) == 0
+    with pytest.raises(ConfigError, match="needs an image tower with BatchNorm"):
+        bn_align_count(RemindConfig(bn_align_images=4), vit)
+
+
+def test_distillation_loss_is_zero_for_equal_logits_and_positive_otherwise():
+    t = torch.tensor([[2.0, 0.0, -1.0]])
+    assert distillation_loss(t, t, 2.0).item() == pytest.approx(0.0, abs=1e-7)
+    s = torch.tensor([[0.0, 2.0, -1.0]])
+    kl = torch.nn.functional.kl_div(torch.log_softmax(s / 2, -1), torch.softmax(t / 2, -1),
+                                    reduction="sum")
+    assert distillation_loss(s, t, 2.0).item() == pytest.approx(4 * kl.item(), rel=1e-5)

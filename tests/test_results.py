@@ -1,0 +1,35 @@
+import json
+
+from distforget.results import append_results, read_results, rows_from_record
+
+
+def record(tid, **over):
+    base = {"trial_id": tid, "source": "trial", "status": "ok", "method": "three_stage",
+            "forget_acc": 0.1, "retain_acc": 0.8, "zeroshot_acc": 0.9, "alpha": 0.5,
+            "beta": 0.0, "params": {"forget.lr": 1e-3, "restore.alpha": 0.5},
+            "recipe": {"method": "three_stage", "stages": {"forget": "k1"}, "alpha": 0.5,
+                       "beta": 0.0},
+            "sweep": [{"recipe": {"method": "three_stage", "stages": {"forget": "k1"},
+                                  "alpha": 1.0, "beta": 0.0},
+                       "metrics": {"forget_acc": 0.0, "retain_acc": 0.7, "zeroshot_acc": 0.8}}]}
+    return {**base, **over}
+
+
+def test_a_record_becomes_the_trial_row_and_its_sweep_rows():
+    rows = rows_from_record(record("t1"))
+    assert [r["trial_id"] for r in rows] == ["t1", "t1~0"]
+    assert rows[1]["parent_id"] == "t1" and rows[1]["source"] == "sweep"
+    assert rows[1]["restore.alpha"] == 1.0 and rows[1]["forget.lr"] == 1e-3
+    assert json.loads(rows[1]["recipe"])["alpha"] == 1.0 and rows[1]["forget_acc"] == 0.0
+
+
+def test_append_never_duplicates_a_trial(tmp_path):
+    path = str(tmp_path / "results.parquet")
+    append_results(path, rows_from_record(record("t1")))
+    append_results(path, rows_from_record(record("t1")))
+    df = append_results(path, rows_from_record(record("t2", params={"forget.lr": "x"})))
+    assert list(read_results(path)["trial_id"]) == ["t1", "t1~0", "t2", "t2~0"]
+    assert len(df) == 4 and df["trial_id"].is_unique
+    failed = append_results(path, [{"trial_id": "t3", "status": "failed", "source": "trial",
+                                    "error": "boom"}])
+    assert failed.set_index("trial_id").loc["t3", "error"] == "boom"
