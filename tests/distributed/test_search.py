@@ -1,0 +1,147 @@
+"""A small real search on CPU with Ray: outputs, export round trip, resume after a kill."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import open_clip
+import pandas as pd
+import pytest
+import torch
+
+from distforget.config import load_config
+from tests.factories import TINY
+
+SEARCH = {**TINY, "search.num_trials": 3, "search.sampler": "random",
+          "forget.epochs": 1, "remind.epochs": 1}
+
+
+def overrides(storage, **extra):
+    items = {**SEARCH, "output.storage": str(storage), **extra}
+    return [f"{k}={json.dumps(v) if isinstance(v, list) else v}" for k, v in items.items()]
+
+
+@pytest.fixture(scope="module")
+def finished_run(ray_cluster, tmp_path_factory):
+    from distforget.distributed.tuner import run_search
+
+    storage = tmp_path_factory.mktemp("runs")
+    cfg = load_config(None, overrides(storage, **{"search.baselines": ["ga"]}))
+    summary = run_search(cfg, log=print)
+    return cfg, summary
+
+
+def test_a_search_leaves_every_output(finished_run):
+    cfg, summary = finished_run
+    run = summary["run"]
+    for name in ("results.parquet", "pareto.parquet", "pareto.csv", "pareto.png", "report.md",
+                 "run.json", "base.safetensors", "optuna.journal", "best/model.safetensors",
+                 "best/distforget.json"):
+        assert os.path.isfile(os.path.join(run, name)), name
+    results = pd.read_parquet(os.path.join(run, "results.parquet"))
+    trials = results[results["source"] == "trial"]
+    assert len(trials) == 3 and trials["trial_id"].is_unique
+    assert set(results["source"]) == {"trial", "sweep", "baseline"}
+    assert (results["status"] == "ok").all()
+    for col in ("forget.lr", "forget_acc", "retain_acc", "zeroshot_acc", "base_forget_acc",
+                "mia_auc", "wall_s"):
+        assert col in results, col
+    front = pd.read_parquet(os.path.join(run, "pareto.parquet"))
+    assert 1 <= len(front) <= len(results) and summary["front_size"] == len(front)
+    report = open(os.path.join(run, "report.md")).read()
+    for heading in ("## Base model", "## Pareto front", "## Chosen point", "## Hypervolume",
+                    "## Baselines"):
+        assert heading in report
+    png = open(os.path.join(run, "pareto.png"), "rb").read(8)
+    assert png.startswith(b"\x89PNG")
+    # Trials are named by id: Tune's trial folders carry the ids, no dates.
+    tune_dirs = [d for d in os.listdir(run) if d.startswith("tune-")]
+    trial_dirs = os.listdir(os.path.join(run, tune_dirs[0]))
+    for tid in trials["trial_id"]:
+        assert tid in trial_dirs
+    # The study holds the trials and the sweep points fed to it.
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    study = optuna.load_study(study_name=cfg.output.name, storage=JournalStorage(
+        JournalFileBackend(os.path.join(run, "optuna.journal"))))
+    complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    assert len(complete) == len(results[results["source"].isin(["trial", "sweep"])])
+
+
+def test_export_round_trip_through_open_clip_reproduces_the_metrics(finished_run, tiny_prepared,
+                                                                    tmp_path, cpu):
+    from distforget.export import main as export_main
+
+    cfg, summary = finished_run
+    run = summary["run"]
+    assert json.load(open(os.path.join(run, "run.json")))["fingerprint"] == \
+        tiny_prepared.fingerprint
+    results = pd.read_parquet(os.path.join(run, "results.parquet"))
+    row = results[results["source"] == "trial"].iloc[0]
+    assert export_main(["--run", run, "--trial", row["trial_id"], "--out",
+                        str(tmp_path / "exp")]) == 0
+    model, _, preprocess = open_clip.create_model_and_transforms(
+        "DF-RN-Tiny-32", pretrained=str(tmp_path / "exp" / "model.safetensors"))
+    metrics = tiny_prepared.evaluator(cpu).metrics(model.visual.eval())
+    for k in ("forget_acc", "retain_acc", "zeroshot_acc", "forget_sim", "mia_auc"):
+        assert metrics[k] == pytest.approx(row[k], abs=1e-6), k
+    record = json.load(open(tmp_path / "exp" / "distforget.json"))
+    assert record["trial_id"] == row["trial_id"] and len(record["sha256"]) == 64
+    # The default pick is what the search exported to best/.
+    best = json.load(open(os.path.join(run, "best", "distforget.json")))
+    assert best["trial_id"] == summary["chosen"]["trial_id"]
+
+
+def run_cli(args, env, **kw):
+    return subprocess.Popen([sys.executable, "-m", "distforget.search", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw)
+
+
+@pytest.mark.slow
+def test_a_killed_search_resumes_without_losing_or_repeating_trials(tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    args = overrides(tmp_path, **{"search.baselines": []})
+    results = tmp_path / "embedded-default" / "results.parquet"
+    proc = run_cli(args, env, start_new_session=True)
+    deadline = time.monotonic() + 900
+    try:
+        # Wait (bounded) for the first finished trial, then kill the driver and its Ray.
+        while not (results.exists() and len(pd.read_parquet(results)) >= 1):
+            assert time.monotonic() < deadline, "no trial finished within 15 minutes"
+            try:
+                proc.wait(timeout=0.5)
+                pytest.fail("the search ended before it could be interrupted:\n"
+                            + proc.stdout.read()[-3000:])
+            except subprocess.TimeoutExpired:
+                pass
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    before = pd.read_parquet(results)
+    first = before[before["source"] == "trial"].iloc[0]
+    assert 1 <= (before["source"] == "trial").sum() < 3
+
+    done = run_cli(args, env)
+    out, _ = done.communicate(timeout=1500)
+    assert done.returncode == 0, out[-4000:]
+    assert "resuming:" in out
+    after = pd.read_parquet(results)
+    trials = after[after["source"] == "trial"]
+    assert len(trials) == 3 and trials["trial_id"].is_unique and after["trial_id"].is_unique
+    kept = trials.set_index("trial_id").loc[first["trial_id"]]
+    assert kept["forget_acc"] == first["forget_acc"] and kept["alpha"] == first["alpha"]
+    assert (tmp_path / "embedded-default" / "best" / "model.safetensors").exists()
+
+    # The same folder with another search's settings is refused, and nothing is touched.
+    snapshot = results.read_bytes()
+    other = run_cli(args + ["forget.margin=0.3"], env)
+    out, _ = other.communicate(timeout=600)
+    assert other.returncode == 2
+    assert "holds a different search's results (differs in: forget.margin)" in out
+    assert results.read_bytes() == snapshot
