@@ -21,9 +21,11 @@ import torch.nn.functional as F
 
 from distforget.config import BaselineConfig
 from distforget.prepare import Prepared
-from distforget.training import (Parallel, StageHooks, StageOutput, autocast, global_batches,
+from distforget.training import (Parallel, StageHooks, StageOutput, autocast, device_index,
+                                 global_batches,
                                  optimizer_state_to_cpu, run_epochs, set_trainable,
-                                 sharded_accuracy, train_mode, visual_state, wrap_ddp)
+                                 sharded_accuracy, train_mode, visual_state, wrap_ddp,
+                                 maybe_compile)
 
 BASELINE_METHODS = ("ft", "ga", "rl", "neggrad", "salun")
 
@@ -59,7 +61,8 @@ def saliency_masks(visual, head, prep, images: np.ndarray, labels: np.ndarray, s
 
 
 def run_baseline(prepared: Prepared, method: str, cfg: BaselineConfig, *, device: torch.device,
-                 precision: str = "auto", parallel: Parallel | None = None,
+                 precision: str = "auto", compile: bool = False,
+                 parallel: Parallel | None = None,
                  hooks: StageHooks = StageHooks()) -> StageOutput:
     """Run one baseline (``ft``, ``ga``, ``rl``, ``neggrad`` or ``salun``) on the whole tower."""
     if method not in BASELINE_METHODS:
@@ -85,14 +88,18 @@ def run_baseline(prepared: Prepared, method: str, cfg: BaselineConfig, *, device
         for name, p in visual.named_parameters():
             p.register_hook(lambda g, m=masks[name]: g * m)
     train_mode(visual)
-    module = wrap_ddp(visual, parallel, device)
+    module = maybe_compile(wrap_ddp(visual, parallel, device), compile)
     opt = torch.optim.AdamW(visual.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     uses_forget = method != "ft"
     uses_retain = method != "ga"
-    current = {"epoch": 0}
+    labels_t = torch.as_tensor(labels, device=device)
+    is_forget_t = torch.as_tensor(is_forget, device=device)
+    current = {"labels": labels_t}
 
     def batches(epoch: int) -> list[np.ndarray]:
-        current["epoch"] = epoch
+        if method in ("rl", "salun"):  # this epoch's random other labels for forget images
+            other = random_other_labels(labels, num_classes, cfg.seed, epoch)
+            current["labels"] = torch.as_tensor(np.where(is_forget, other, labels), device=device)
         fb = global_batches(nf, cfg.batch_size, epoch, cfg.seed) if uses_forget else []
         rb = global_batches(nr, cfg.batch_size, epoch, cfg.seed + 1) if uses_retain else []
         if not uses_forget:
@@ -109,15 +116,11 @@ def run_baseline(prepared: Prepared, method: str, cfg: BaselineConfig, *, device
         with autocast(device, precision):
             feats = F.normalize(module(prep(images[local])).float(), dim=-1)
         logits = scale * feats @ head.T
-        y = labels[local]
-        fmask = torch.as_tensor(is_forget[local], device=device)
-        if method in ("rl", "salun"):
-            y = np.where(is_forget[local],
-                         random_other_labels(labels[local], num_classes, cfg.seed,
-                                             current["epoch"]), y)
-        ce = F.cross_entropy(logits, torch.as_tensor(y, device=device), reduction="none")
-        ce_forget = ce[fmask].sum() / n_forget
-        ce_retain = ce[~fmask].sum() / n_retain
+        idx = device_index(local, device)
+        ce = F.cross_entropy(logits, current["labels"][idx], reduction="none")
+        is_f = is_forget_t[idx].float()
+        ce_forget = (ce * is_f).sum() / n_forget
+        ce_retain = (ce * (1 - is_f)).sum() / n_retain
         if method == "ft":
             loss = ce_retain
         elif method == "ga":

@@ -23,9 +23,10 @@ from torch.nn.utils import parametrize
 from distforget.config import ForgetConfig
 from distforget.prepare import Prepared
 from distforget.training import (Parallel, StageHooks, StageOutput, autocast, batch_scale,
-                                 global_batches, image_layers, optimizer_state_to_cpu,
+                                 device_index, global_batches, image_layers,
+                                 optimizer_state_to_cpu,
                                  run_epochs, set_trainable, sharded_accuracy, train_mode,
-                                 visual_state, wrap_ddp)
+                                 visual_state, wrap_ddp, maybe_compile)
 
 
 def relative_fisher(visual: nn.Module, head: torch.Tensor, prep, images: np.ndarray,
@@ -144,7 +145,8 @@ def forget_loss(feats: torch.Tensor, head: torch.Tensor, labels: torch.Tensor, s
 
 
 def run_forget(prepared: Prepared, cfg: ForgetConfig, *, device: torch.device,
-               precision: str = "auto", parallel: Parallel | None = None,
+               precision: str = "auto", compile: bool = False,
+               parallel: Parallel | None = None,
                hooks: StageHooks = StageHooks()) -> StageOutput:
     """Select layers by relative Fisher information and fine-tune them on the forget set."""
     start = time.perf_counter()
@@ -167,7 +169,7 @@ def run_forget(prepared: Prepared, cfg: ForgetConfig, *, device: torch.device,
     if cfg.lora_rank:
         add_lora(visual, layers, cfg.lora_rank, cfg.lora_alpha, cfg.seed)
     train_mode(visual)
-    module = wrap_ddp(visual, parallel, device)
+    module = maybe_compile(wrap_ddp(visual, parallel, device), compile)
     trainable = [p for p in visual.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     forget_images = images[f.indices]
@@ -177,7 +179,8 @@ def run_forget(prepared: Prepared, cfg: ForgetConfig, *, device: torch.device,
         local = parallel.shard(global_batch)
         with autocast(device, precision):
             feats = F.normalize(module(prep(forget_images[local])).float(), dim=-1)
-        loss = forget_loss(feats, head, labels[local], prepared.logit_scale, cfg.loss, cfg.margin)
+        loss = forget_loss(feats, head, labels[device_index(local, device)],
+                           prepared.logit_scale, cfg.loss, cfg.margin)
         return loss.sum() * batch_scale(parallel, len(global_batch))
 
     def end_epoch(epoch: int) -> tuple[dict, bool]:

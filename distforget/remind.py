@@ -20,9 +20,10 @@ from distforget.config import RemindConfig
 from distforget.errors import ConfigError
 from distforget.prepare import Prepared
 from distforget.training import (Parallel, StageHooks, StageOutput, autocast, batch_scale,
+                                 device_index,
                                  global_batches, optimizer_state_to_cpu, run_epochs,
                                  set_trainable, sharded_accuracy, train_mode, visual_state,
-                                 wrap_ddp)
+                                 wrap_ddp, maybe_compile)
 
 
 AUTO_BN_ALIGN_IMAGES = 256
@@ -100,7 +101,8 @@ def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature:
 
 
 def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
-               device: torch.device, precision: str = "auto", parallel: Parallel | None = None,
+               device: torch.device, precision: str = "auto", compile: bool = False,
+               parallel: Parallel | None = None,
                hooks: StageHooks = StageHooks()) -> StageOutput:
     """Fine-tune the forgotten image tower on retained images with distillation."""
     start = time.perf_counter()
@@ -135,7 +137,7 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
     layers = upstream.meta.get("layers") if cfg.layers == "forget" else None
     layers = set_trainable(visual, layers)
     train_mode(visual)
-    module = wrap_ddp(visual, parallel, device)
+    module = maybe_compile(wrap_ddp(visual, parallel, device), compile)
     opt = torch.optim.AdamW([p for p in visual.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
     ema = (AveragedModel(visual, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
@@ -148,11 +150,12 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
         with autocast(device, precision):
             feats = F.normalize(module(prep(kd_images[local])).float(), dim=-1)
         logits = prepared.logit_scale * feats @ head.T
-        y = labels_t[local]
-        labelled = y >= 0
-        ce = F.cross_entropy(logits[labelled], y[labelled], reduction="sum") \
-            if bool(labelled.any()) else logits.sum() * 0
-        kd = distillation_loss(logits, teacher_t[local], cfg.temperature).sum()
+        idx = device_index(local, device)
+        y = labels_t[idx]
+        # Synthetic images (label -1) take part in distillation only; weights, not a boolean
+        # selection, so the host never waits for the device.
+        ce = (F.cross_entropy(logits, y.clamp(min=0), reduction="none") * (y >= 0)).sum()
+        kd = distillation_loss(logits, teacher_t[idx], cfg.temperature).sum()
         return (ce + cfg.lambda_kd * kd) * batch_scale(parallel, len(global_batch))
 
     def end_epoch(epoch: int) -> tuple[dict, bool]:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import math
 import re
+import time
 from dataclasses import dataclass
 from typing import Callable, Iterator
 
@@ -83,6 +84,16 @@ def autocast(device: torch.device, precision: str):
             return contextlib.nullcontext()
     dtype = torch.bfloat16 if precision == "bf16" else torch.float16
     return torch.autocast(device_type="cuda", dtype=dtype)
+
+
+def device_index(rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Row numbers as an index tensor on ``device``, copied without stalling the host: a
+    blocking copy, or a boolean mask that needs the device's answer, would make the CPU wait
+    for the GPU every step."""
+    t = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+    if device.type == "cuda":
+        return t.pin_memory().to(device, non_blocking=True)
+    return t
 
 
 def batch_scale(parallel: Parallel, global_size: int) -> float:
@@ -211,12 +222,15 @@ def run_epochs(*, epochs: int, batches: Callable[[int], list[np.ndarray]],
         if stopped:
             break
         loss_sum = None
+        epoch_start = time.perf_counter()
+        epoch_images = 0
         for global_batch in batches(epoch):
             # Every rank sees the same global batch, so all agree on skipping a last batch too
             # small to give each rank an image (DDP needs every rank in every backward).
             if len(global_batch) < parallel.world_size:
                 continue
             loss = step(global_batch)
+            epoch_images += len(global_batch)
             loss_sum = loss.detach() if loss_sum is None else loss_sum + loss.detach()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -230,13 +244,23 @@ def run_epochs(*, epochs: int, batches: Callable[[int], list[np.ndarray]],
             if not torch.isfinite(check).all():
                 raise FloatingPointError(f"the loss became {check.item()} in epoch {epoch}: "
                                          "lower the learning rate")
+        if loss_sum is not None and loss_sum.is_cuda:  # so train_s measures the work
+            torch.cuda.synchronize(loss_sum.device)
+        train_s = time.perf_counter() - epoch_start
         metrics, stopped = end_epoch(epoch)
+        metrics = {**metrics, "train_s": train_s, "images": epoch_images,
+                   "epoch_s": time.perf_counter() - epoch_start}
         history.append({"epoch": epoch, **metrics})
         state = {"epoch": epoch, "steps": steps, "history": history, "stopped": stopped}
         if hooks.on_epoch is not None:
             hooks.on_epoch(epoch, metrics, lambda: {**snapshot(), **state})
     return {"steps": steps, "epochs_run": state["epoch"] + 1, "stopped_early": stopped,
             "history": history}
+
+
+def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
+    """``torch.compile`` the module when asked (the weights stay shared with the original)."""
+    return torch.compile(module) if enabled else module
 
 
 def optimizer_state_to_cpu(state: dict) -> dict:

@@ -106,19 +106,17 @@ def run_stage(prepared: Prepared, cfg: RunConfig, stage: str, upstream: StageOut
               device: torch.device, parallel: Parallel | None = None,
               hooks: StageHooks = StageHooks()) -> StageOutput:
     """Run one stage in this process (one rank of its group)."""
-    precision = cfg.model.precision
+    common = {"device": device, "precision": cfg.model.precision,
+              "compile": cfg.model.compile, "parallel": parallel, "hooks": hooks}
     if stage == "forget":
         from distforget.forget import run_forget
-        return run_forget(prepared, cfg.forget, device=device, precision=precision,
-                          parallel=parallel, hooks=hooks)
+        return run_forget(prepared, cfg.forget, **common)
     if stage == "remind":
         from distforget.remind import run_remind
-        return run_remind(prepared, cfg.remind, upstream, device=device, precision=precision,
-                          parallel=parallel, hooks=hooks)
+        return run_remind(prepared, cfg.remind, upstream, **common)
     if stage == "baseline":
         from distforget.baselines import run_baseline
-        return run_baseline(prepared, cfg.method, cfg.baseline, device=device,
-                            precision=precision, parallel=parallel, hooks=hooks)
+        return run_baseline(prepared, cfg.method, cfg.baseline, **common)
     raise ValueError(f"unknown stage {stage!r}")
 
 
