@@ -155,6 +155,9 @@ class RemindConfig:
     ema_decay: float | None = knob(0.9, gt=0, lt=1)
     # Which layers the remind stage trains: those the forget stage chose, or the whole tower.
     layers: Literal["forget", "all"] = "forget"
+    # Weight of the forget stage's margin loss on the forget images during remind (0: the
+    # paper's remind stage, which sees retained images only).
+    forget_weight: float = knob(0.0, ge=0)
     # Synthetic images whose batch statistics match the stored BatchNorm statistics, added to the
     # distillation set (BatchNorm backbones such as RN50 only); 0 disables it, null means 256
     # for an image tower with BatchNorm layers and 0 for one without.

@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from distforget.config import RemindConfig, RunConfig
-from distforget.data.scenario import SPLITS, Scenario, Split, build_scenario
+from distforget.data.scenario import SPLITS, Scenario, Split, build_scenario, check_scenario
 from distforget.data.sources import default_cache_dir, load_data
 from distforget.data.transforms import DevicePreprocess
 from distforget.evaluate import Evaluator, image_features
@@ -98,6 +98,7 @@ def prepare(cfg: RunConfig, device: torch.device, *, cache_dir: Path | None = No
     start = time.perf_counter()
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     data = load_data(cfg.data, cache_dir)
+    check_scenario(data, cfg.scenario)  # name errors surface before any pretraining
     templates = templates_for(cfg.data.templates, cfg.data.format, data.classes)
 
     weights = cfg.model.pretrained

@@ -1,7 +1,9 @@
 """Stage 2, remind: cross-entropy on retained images plus distillation from the base model.
 
 ``loss = CE(student, y) + lambda_kd * T^2 * KL(softmax(teacher / T) || softmax(student / T))``
-over the zero-shot head. The distillation set is the retain training images (their teacher
+over the zero-shot head (plus, when ``remind.forget_weight`` > 0, that weight times the forget
+stage's margin loss on the forget images, so that restoring the retained subgroups does not
+restore the forgotten one; 0, the default, is the paper's remind stage). The distillation set is the retain training images (their teacher
 logits were computed once, in ``prepare``) plus, for BatchNorm image towers, optional synthetic
 images optimised so that their batch statistics match the BN layers' stored statistics: they
 stand in for the pre-training distribution that the stages never see. Optional weight EMA.
@@ -18,6 +20,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from distforget.config import RemindConfig
 from distforget.errors import ConfigError
+from distforget.forget import forget_loss
 from distforget.prepare import Prepared
 from distforget.training import (Parallel, StageHooks, StageOutput, autocast, batch_scale,
                                  device_index,
@@ -27,6 +30,8 @@ from distforget.training import (Parallel, StageHooks, StageOutput, autocast, ba
 
 
 AUTO_BN_ALIGN_IMAGES = 256
+RETAIN, SYNTHETIC, FORGET = 0, 1, 2  # roles of the images a remind step draws from
+REMIND_MARGIN = 0.05  # margin of the forget term when remind.forget_weight > 0
 
 
 def batchnorm_layers(visual: torch.nn.Module) -> list[torch.nn.Module]:
@@ -111,9 +116,10 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
     head = prepared.head_tensor(device)
     prep = prepared.preprocess(device)
     r = prepared.split("retain_train")
-    kd_images = prepared.images[r.indices]
-    kd_labels = r.labels
-    teacher = prepared.teacher_logits
+    images = [prepared.images[r.indices]]
+    labels = [r.labels]
+    teacher = [prepared.teacher_logits]
+    roles = [np.full(len(r), RETAIN)]
 
     base = prepared.model().visual
     count = bn_align_count(cfg, base)
@@ -129,9 +135,18 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
     del base
     synthetic = count
     if count:
-        kd_images = np.concatenate([kd_images, synth])
-        kd_labels = np.concatenate([kd_labels, np.full(len(synth), -1)])
-        teacher = np.concatenate([teacher, synth_teacher])
+        images.append(synth)
+        labels.append(np.full(len(synth), -1))
+        teacher.append(synth_teacher)
+        roles.append(np.full(len(synth), SYNTHETIC))
+    if cfg.forget_weight:
+        f = prepared.split("forget_train")
+        images.append(prepared.images[f.indices])
+        labels.append(f.labels)
+        teacher.append(np.zeros((len(f), teacher[0].shape[1]), np.float32))
+        roles.append(np.full(len(f), FORGET))
+    kd_images, kd_labels, roles = (np.concatenate(images), np.concatenate(labels),
+                                   np.concatenate(roles))
 
     visual = prepared.model(upstream.state).visual.to(device)
     layers = upstream.meta.get("layers") if cfg.layers == "forget" else None
@@ -142,8 +157,9 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
                             weight_decay=cfg.weight_decay)
     ema = (AveragedModel(visual, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
                          use_buffers=True) if cfg.ema_decay else None)
-    labels_t = torch.as_tensor(kd_labels, device=device)
-    teacher_t = torch.as_tensor(np.asarray(teacher), device=device)
+    labels_t = torch.as_tensor(kd_labels, device=device).clamp(min=0)
+    roles_t = torch.as_tensor(roles, device=device)
+    teacher_t = torch.as_tensor(np.concatenate(teacher), device=device)
 
     def step(global_batch: np.ndarray) -> torch.Tensor:
         local = parallel.shard(global_batch)
@@ -151,15 +167,21 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
             feats = F.normalize(module(prep(kd_images[local])).float(), dim=-1)
         logits = prepared.logit_scale * feats @ head.T
         idx = device_index(local, device)
-        y = labels_t[idx]
-        # Synthetic images (label -1) take part in distillation only; weights, not a boolean
-        # selection, so the host never waits for the device.
-        ce = (F.cross_entropy(logits, y.clamp(min=0), reduction="none") * (y >= 0)).sum()
-        kd = distillation_loss(logits, teacher_t[idx], cfg.temperature).sum()
-        return (ce + cfg.lambda_kd * kd) * batch_scale(parallel, len(global_batch))
+        y, role = labels_t[idx], roles_t[idx]
+        # Each image's role weighs its terms (weights, not a boolean selection, so the host
+        # never waits for the device): retained images take cross-entropy and distillation,
+        # synthetic ones distillation only, forget images the forget stage's margin loss.
+        ce = (F.cross_entropy(logits, y, reduction="none") * (role == RETAIN)).sum()
+        kd = (distillation_loss(logits, teacher_t[idx], cfg.temperature)
+              * (role != FORGET)).sum()
+        loss = ce + cfg.lambda_kd * kd
+        if cfg.forget_weight:
+            away = forget_loss(feats, head, y, prepared.logit_scale, "margin", REMIND_MARGIN)
+            loss = loss + cfg.forget_weight * (away * (role == FORGET)).sum()
+        return loss * batch_scale(parallel, len(global_batch))
 
     def end_epoch(epoch: int) -> tuple[dict, bool]:
-        real = kd_labels >= 0
+        real = roles == RETAIN
         acc = sharded_accuracy(ema.module if ema else visual, kd_images[real], kd_labels[real],
                                head, prep, parallel, precision)
         return {"train_retain_acc": acc}, False

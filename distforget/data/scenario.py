@@ -154,11 +154,9 @@ def _ordered(table: pd.DataFrame, mask: np.ndarray, rng: np.random.Generator) ->
     return rows[rng.permutation(len(rows))]
 
 
-def build_scenario(data: ImageTable, cfg: ScenarioConfig,
-                   embed: Callable[[np.ndarray], np.ndarray] | None = None) -> Scenario:
-    """Derive every split of the scenario; ``embed`` maps uint8 images to embeddings and is
-    needed only for the k-means subgroup rule."""
-    table = data.table
+def check_scenario(data: ImageTable, cfg: ScenarioConfig) -> None:
+    """Every check that needs no model: class names, retained and zero-shot classes, and the
+    forget subgroup when subgroups come from labels. Run before any pretraining or training."""
     classes = data.classes
     if cfg.forget_class not in classes:
         raise DataError(f"scenario.forget_class {cfg.forget_class!r} is not a class of the data"
@@ -171,6 +169,35 @@ def build_scenario(data: ImageTable, cfg: ScenarioConfig,
         if c not in classes:
             raise DataError(f"scenario.retain_classes names {c!r}, which is not a class of the "
                             f"data{_suggest(c, classes)}")
+    trained = {cfg.forget_class, *cfg.retain_classes, *_synset_classes(cfg, classes)}
+    for c in cfg.zeroshot_classes:
+        if c not in classes:
+            raise DataError(f"scenario.zeroshot_classes names {c!r}, which is not a class of "
+                            f"the data{_suggest(c, classes)}")
+        if c in trained:
+            raise DataError(f"scenario.zeroshot_classes names {c!r}, which a stage trains on")
+    table = data.table
+    is_class = (table["class_name"] == cfg.forget_class).to_numpy()
+    has_column = "subgroup" in table and table.loc[is_class, "subgroup"].notna().all()
+    if cfg.forget_subgroup is not None and (cfg.subgroups == "column"
+                                            or (cfg.subgroups == "auto" and has_column)):
+        if not has_column:
+            raise DataError(f"scenario.subgroups is 'column' but images of class "
+                            f"{cfg.forget_class!r} have no subgroup label")
+        labels = sorted(set(table.loc[is_class, "subgroup"]))
+        if cfg.forget_subgroup not in labels:
+            raise DataError(f"scenario.forget_subgroup {cfg.forget_subgroup!r} is not a subgroup "
+                            f"of class {cfg.forget_class!r}{_suggest(cfg.forget_subgroup, labels)}"
+                            f"; subgroups (column): {', '.join(labels)}")
+
+
+def build_scenario(data: ImageTable, cfg: ScenarioConfig,
+                   embed: Callable[[np.ndarray], np.ndarray] | None = None) -> Scenario:
+    """Derive every split of the scenario; ``embed`` maps uint8 images to embeddings and is
+    needed only for the k-means subgroup rule."""
+    check_scenario(data, cfg)
+    table = data.table
+    classes = data.classes
     retain_classes = tuple(cfg.retain_classes) + _synset_classes(cfg, classes)
     train_pool, eval_pool = _pools(data, cfg)
     is_class = (table["class_name"] == cfg.forget_class).to_numpy()
@@ -215,12 +242,6 @@ def build_scenario(data: ImageTable, cfg: ScenarioConfig,
 
     trained = {cfg.forget_class, *retain_classes}
     if cfg.zeroshot_classes:
-        for c in cfg.zeroshot_classes:
-            if c not in classes:
-                raise DataError(f"scenario.zeroshot_classes names {c!r}, which is not a class of "
-                                f"the data{_suggest(c, classes)}")
-            if c in trained:
-                raise DataError(f"scenario.zeroshot_classes names {c!r}, which a stage trains on")
         zeroshot = tuple(cfg.zeroshot_classes)
     else:
         zeroshot = tuple(c for c in classes if c not in trained)

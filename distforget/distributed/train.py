@@ -28,6 +28,7 @@ from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from distforget.config import ResourcesConfig, RunConfig as DistforgetConfig, from_dict
+from distforget.errors import DistforgetError
 from distforget.prepare import Prepared
 from distforget.training import Parallel, StageHooks, StageOutput
 from distforget.trial import (UPSTREAM, Evaluate, Launch, Recipe, StageCache, StageTask,
@@ -139,9 +140,15 @@ def _prepare_task(cfg: dict) -> Prepared:
     return prepare(from_dict(cfg), device)
 
 
-def prepare_on_cluster(cfg: DistforgetConfig) -> ray.ObjectRef:
+def prepare_on_cluster(cfg: DistforgetConfig) -> tuple[ray.ObjectRef, Prepared]:
     """Run ``prepare`` once, as a task with one worker's resources; its result stays in the
-    object store for every trial."""
+    object store for every trial. Input errors raised there come back as themselves."""
     r = cfg.resources
-    return _prepare_task.options(num_cpus=r.cpus_per_worker,
-                                 num_gpus=r.gpus_per_worker).remote(cfg.to_dict())
+    ref = _prepare_task.options(num_cpus=r.cpus_per_worker,
+                                num_gpus=r.gpus_per_worker).remote(cfg.to_dict())
+    try:
+        return ref, ray.get(ref)
+    except ray.exceptions.RayTaskError as exc:
+        if isinstance(exc.cause, DistforgetError):
+            raise exc.cause from None
+        raise

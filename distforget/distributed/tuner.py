@@ -203,8 +203,7 @@ def run_search(cfg: RunConfig, log: Callable[[str], None] = print) -> dict[str, 
     check_storage(cfg.output.storage, cfg.output.shared, cfg.resources)
     log(f"distforget search {cfg.output.name}: {cfg.search.num_trials} trials "
         f"({cfg.search.sampler}), space {space.source}, run folder {run}")
-    prepared_ref = prepare_on_cluster(cfg)
-    prepared = ray.get(prepared_ref)
+    prepared_ref, prepared = prepare_on_cluster(cfg)
     if existing is not None and existing.get("fingerprint") != prepared.fingerprint:
         raise ConfigError(f"output folder {run!r} was searched on other inputs (the data or the "
                           "base weights changed); use another output.name")
