@@ -9,7 +9,7 @@ throughput is read from the stage's own per-epoch timings; the end-to-end time, 
 start included, is printed too.
 
     python bench/throughput.py                      # CPU: DF-ViT-Tiny-32, batch 64, with Ray Train
-    python bench/throughput.py --full --no-ray      # GPU: ViT-B-32, batch 256, bf16, eager + compiled
+    python bench/throughput.py --full --no-ray --compile both   # GPU: ViT-B-32, batch 256, bf16
 """
 
 from __future__ import annotations

@@ -23,7 +23,7 @@ from distforget.config import BaselineConfig
 from distforget.prepare import Prepared
 from distforget.training import (Parallel, StageHooks, StageOutput, autocast, device_index,
                                  global_batches,
-                                 optimizer_state_to_cpu, run_epochs, set_trainable,
+                                 snapshotter, run_epochs, set_trainable,
                                  sharded_accuracy, train_mode, visual_state, wrap_ddp,
                                  maybe_compile)
 
@@ -135,14 +135,7 @@ def run_baseline(prepared: Prepared, method: str, cfg: BaselineConfig, *, device
         acc = sharded_accuracy(visual, images[:nf], f.labels, head, prep, parallel, precision)
         return {"train_forget_acc": acc}, uses_forget and acc <= cfg.target_acc
 
-    def snapshot() -> dict:
-        return {"visual": {k: v.detach().cpu().clone() for k, v in visual.state_dict().items()},
-                "optimizer": optimizer_state_to_cpu(opt.state_dict())}
-
-    def restore(snap: dict) -> None:
-        visual.load_state_dict(snap["visual"])
-        opt.load_state_dict(snap["optimizer"])
-
+    snapshot, restore = snapshotter(visual=visual, optimizer=opt)
     record = run_epochs(epochs=cfg.epochs, batches=batches, step=step, optimizer=opt,
                         end_epoch=end_epoch, snapshot=snapshot, restore=restore, hooks=hooks,
                         parallel=parallel)

@@ -433,7 +433,8 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: {problem}") from None
+        raise ConfigError(f"config file {str(path)!r} is not valid YAML{where}: "
+                          f"{problem}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

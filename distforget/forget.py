@@ -24,7 +24,7 @@ from distforget.config import ForgetConfig
 from distforget.prepare import Prepared
 from distforget.training import (Parallel, StageHooks, StageOutput, autocast, batch_scale,
                                  device_index, global_batches, image_layers,
-                                 optimizer_state_to_cpu,
+                                 snapshotter,
                                  run_epochs, set_trainable, sharded_accuracy, train_mode,
                                  visual_state, wrap_ddp, maybe_compile)
 
@@ -187,13 +187,10 @@ def run_forget(prepared: Prepared, cfg: ForgetConfig, *, device: torch.device,
         acc = sharded_accuracy(visual, forget_images, f.labels, head, prep, parallel, precision)
         return {"train_forget_acc": acc}, acc <= cfg.target_acc
 
-    def snapshot() -> dict:
-        return {"visual": {k: v.detach().cpu().clone() for k, v in visual.state_dict().items()},
-                "optimizer": optimizer_state_to_cpu(opt.state_dict()), "fisher": scores}
+    state_of, restore = snapshotter(visual=visual, optimizer=opt)
 
-    def restore(snap: dict) -> None:
-        visual.load_state_dict(snap["visual"])
-        opt.load_state_dict(snap["optimizer"])
+    def snapshot() -> dict:
+        return {**state_of(), "fisher": scores}
 
     record = run_epochs(
         epochs=cfg.epochs, batches=lambda e: global_batches(len(f), cfg.batch_size, e, cfg.seed),

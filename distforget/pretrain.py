@@ -29,13 +29,13 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from distforget.config import ModelConfig, PretrainConfig, RunConfig
 from distforget.data.sources import ImageTable, default_cache_dir
 from distforget.data.transforms import DevicePreprocess
 from distforget.evaluate import accuracy, image_features
-from distforget.model import ModelSpec, create, load_state, _quiet_open_clip
+from distforget.model import ModelSpec, create
 from distforget.zeroshot import build_head, prompt_name
 
 PRETRAIN_VERSION = "2"
@@ -105,8 +105,11 @@ def pretrain_clip(data: ImageTable, rows: np.ndarray, *, name: str, cfg: Pretrai
     model = create(spec).to(device).train()
     tokenizer = open_clip.get_tokenizer(name)
     prep = DevicePreprocess(spec.image_size, spec.mean, spec.std, device)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embedding" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embedding" not in n)]
+    def decays(name: str, p: torch.Tensor) -> bool:  # matrices, not embeddings or gains
+        return p.ndim >= 2 and "embedding" not in name
+
+    decay = [p for n, p in model.named_parameters() if decays(n, p)]
+    no_decay = [p for n, p in model.named_parameters() if not decays(n, p)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
                              {"params": no_decay, "weight_decay": 0.0}], lr=cfg.lr)
     steps_per_epoch = max(1, len(rows) // cfg.batch_size)

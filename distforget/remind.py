@@ -3,10 +3,11 @@
 ``loss = CE(student, y) + lambda_kd * T^2 * KL(softmax(teacher / T) || softmax(student / T))``
 over the zero-shot head (plus, when ``remind.forget_weight`` > 0, that weight times the forget
 stage's margin loss on the forget images, so that restoring the retained subgroups does not
-restore the forgotten one; 0, the default, is the paper's remind stage). The distillation set is the retain training images (their teacher
-logits were computed once, in ``prepare``) plus, for BatchNorm image towers, optional synthetic
-images optimised so that their batch statistics match the BN layers' stored statistics: they
-stand in for the pre-training distribution that the stages never see. Optional weight EMA.
+restore the forgotten one; 0, the default, is the paper's remind stage). The distillation set
+is the retain training images (their teacher logits were computed once, in ``prepare``) plus,
+for BatchNorm image towers, optional synthetic images optimised so that their batch statistics
+match the BN layers' stored statistics: they stand in for the pre-training distribution that
+the stages never see. Optional weight EMA.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from distforget.forget import forget_loss
 from distforget.prepare import Prepared
 from distforget.training import (Parallel, StageHooks, StageOutput, autocast, batch_scale,
                                  device_index,
-                                 global_batches, optimizer_state_to_cpu, run_epochs,
+                                 global_batches, snapshotter, run_epochs,
                                  set_trainable, sharded_accuracy, train_mode, visual_state,
                                  wrap_ddp, maybe_compile)
 
@@ -80,7 +81,8 @@ def bn_aligned_images(visual: torch.nn.Module, prep, *, count: int, steps: int, 
         for _ in range(steps):
             stats.clear()
             visual(x)
-            tv = (x[..., 1:, :] - x[..., :-1, :]).abs().mean() + (x[..., 1:] - x[..., :-1]).abs().mean()
+            tv = ((x[..., 1:, :] - x[..., :-1, :]).abs().mean()
+                  + (x[..., 1:] - x[..., :-1]).abs().mean())
             loss = torch.stack(stats).sum() + 1e-3 * tv
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -186,18 +188,8 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
                                head, prep, parallel, precision)
         return {"train_retain_acc": acc}, False
 
-    def snapshot() -> dict:
-        snap = {"visual": {k: v.detach().cpu().clone() for k, v in visual.state_dict().items()},
-                "optimizer": optimizer_state_to_cpu(opt.state_dict())}
-        if ema is not None:
-            snap["ema"] = {k: v.detach().cpu().clone() for k, v in ema.state_dict().items()}
-        return snap
-
-    def restore(snap: dict) -> None:
-        visual.load_state_dict(snap["visual"])
-        opt.load_state_dict(snap["optimizer"])
-        if ema is not None and "ema" in snap:
-            ema.load_state_dict(snap["ema"])
+    snapshot, restore = snapshotter(visual=visual, optimizer=opt,
+                                    **({"ema": ema} if ema is not None else {}))
 
     record = run_epochs(
         epochs=cfg.epochs,

@@ -103,9 +103,10 @@ def build_report(run: str, rule: str | None = None) -> dict[str, Any]:
     trials = results[results["source"] == "trial"]
     lines = [f"# distforget report: {info['config']['output']['name']}", ""]
     sc = info["config"]["scenario"]
+    target = (f"subgroup `{sc['forget_subgroup']}` of class `{sc['forget_class']}`"
+              if sc["forget_subgroup"] else f"the whole class `{sc['forget_class']}`")
     lines += [f"Model `{info['model']['name']}` (weights: {info['model']['weights']}); forget "
-              f"{'subgroup `' + str(sc['forget_subgroup']) + '` of ' if sc['forget_subgroup'] else ''}"
-              f"class `{sc['forget_class']}`; subgroups by {info['prepared']['subgroup_rule']}.",
+              f"{target}; subgroups by {info['prepared']['subgroup_rule']}.",
               "", f"Trials: {len(trials)} ({int((trials['status'] == 'ok').sum())} finished, "
               f"{int((trials['status'] == 'failed').sum())} failed); "
               f"{len(method_rows) - len(trials)} extra soups measured in trials; "

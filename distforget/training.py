@@ -263,6 +263,19 @@ def maybe_compile(module: torch.nn.Module, enabled: bool) -> torch.nn.Module:
     return torch.compile(module) if enabled else module
 
 
+def snapshotter(**parts) -> tuple[Callable[[], dict], Callable[[dict], None]]:
+    """``snapshot()`` and ``restore(snapshot)`` for modules and optimizers: their state dicts,
+    copied to the CPU (a stage's resumable state)."""
+    def snapshot() -> dict:
+        return {name: optimizer_state_to_cpu(obj.state_dict()) for name, obj in parts.items()}
+
+    def restore(snap: dict) -> None:
+        for name, obj in parts.items():
+            if name in snap:
+                obj.load_state_dict(snap[name])
+    return snapshot, restore
+
+
 def optimizer_state_to_cpu(state: dict) -> dict:
     def move(v):
         if torch.is_tensor(v):

@@ -22,7 +22,8 @@ def test_defaults_are_the_embedded_default_and_round_trip():
 
 
 def test_yaml_and_overrides_are_applied(tmp_path):
-    path = write(tmp_path, "forget:\n  lr: 1e-4\n  loss: ce_away\nscenario:\n  retain_classes: [square]\n")
+    path = write(tmp_path, "forget:\n  lr: 1e-4\n  loss: ce_away\n"
+                           "scenario:\n  retain_classes: [square]\n")
     cfg = load_config(path, ["forget.top_k=3", "remind.ema_decay=null"])
     assert cfg.forget.lr == pytest.approx(1e-4)  # YAML 1.1 reads 1e-4 as a string
     assert cfg.forget.loss == "ce_away" and cfg.forget.top_k == 3

@@ -33,8 +33,8 @@ def test_no_arguments_compares_the_method_and_every_baseline(tmp_path):
     assert "three_stage" in proc.stdout and "wrote unlearn.json" in proc.stdout
     # Each method's checkpoint loads in open_clip.
     import distforget.model  # noqa: F401
-    model = open_clip.create_model("DF-RN-Tiny-32",
-                                   pretrained=str(tmp_path / "unlearn" / "ga" / "model.safetensors"))
+    weights = tmp_path / "unlearn" / "ga" / "model.safetensors"
+    model = open_clip.create_model("DF-RN-Tiny-32", pretrained=str(weights))
     assert model is not None
 
 

@@ -8,7 +8,6 @@ before it reports) and reports the objectives with ``ray.tune.report``.
 from __future__ import annotations
 
 import json
-import math
 from typing import Any
 
 import optuna
@@ -23,6 +22,7 @@ from distforget.distributed.train import ray_evaluator, ray_launcher
 from distforget.pareto import OBJECTIVES
 from distforget.results import append_results, rows_from_record
 from distforget.search_space import SearchSpace
+from distforget.study import add_sweep_points, objective_values
 from distforget.trial import StageCache, run_trial
 
 
@@ -68,33 +68,6 @@ def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
     text = json.dumps(record, default=float)
     storage.write_bytes(trial_record_path(run, trial_id), text.encode())
     ray.tune.report({**{k: record[k] for k in OBJECTIVES}, "record": text})
-
-
-def objective_values(metrics: dict) -> list[float] | None:
-    values = [float(metrics[k]) for k in OBJECTIVES]
-    return None if any(math.isnan(v) for v in values) else values
-
-
-def add_sweep_points(study: optuna.Study, distributions: dict, record: dict) -> int:
-    """Add the extra soups a trial measured as completed trials of the study (same stage
-    parameters, other soup coefficients); returns how many were added."""
-    if "restore.alpha" not in distributions or record.get("status") != "ok":
-        return 0
-    added = 0
-    for i, point in enumerate(record.get("sweep", [])):
-        values = objective_values(point["metrics"])
-        if values is None:
-            continue
-        params = dict(record["params"])
-        params["restore.alpha"] = point["recipe"]["alpha"]
-        if "restore.beta" in distributions:
-            params["restore.beta"] = point["recipe"]["beta"]
-        study.add_trial(optuna.trial.create_trial(
-            params=params, distributions=distributions, values=values,
-            user_attrs={"sweep_of": record["trial_id"],
-                        "tune_trial_id": f"{record['trial_id']}~{i}"}))
-        added += 1
-    return added
 
 
 class SweepOptunaSearch(OptunaSearch):

@@ -32,7 +32,7 @@ from ray import tune
 from safetensors.torch import save as save_safetensors
 
 from distforget import storage
-from distforget.config import RunConfig, to_dict
+from distforget.config import RunConfig
 from distforget.data.sources import default_cache_dir
 from distforget.distributed.cluster import check_storage, connect, max_concurrent
 from distforget.distributed.train import prepare_on_cluster
@@ -44,6 +44,7 @@ from distforget.pareto import OBJECTIVES
 from distforget.report import build_report
 from distforget.results import append_results, read_results, rows_from_record
 from distforget.search_space import SearchSpace, load_space
+from distforget.study import DIRECTIONS, make_sampler
 
 # Keys that may change between a search and its resumption.
 RESUMABLE = {("search", "num_trials"), ("search", "max_concurrent_trials"), ("search", "pick"),
@@ -129,18 +130,6 @@ class StudyStore:
             storage.write_bytes(self.remote, self.local.read_bytes())
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
-    if name == "tpe":
-        return optuna.samplers.TPESampler(seed=seed)
-    if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
-    if name == "gp":
-        return optuna.samplers.GPSampler(seed=seed)
-    if name == "random":
-        return optuna.samplers.RandomSampler(seed=seed)
-    raise ConfigError(f"search.sampler {name!r}: expected tpe, nsga2, gp or random")
-
-
 def _attempt(run: str, prefix: str) -> str:
     n = sum(1 for name in storage.list_names(run) if name.startswith(prefix + "-"))
     return f"{prefix}-{n:03d}"
@@ -209,7 +198,7 @@ def run_search(cfg: RunConfig, log: Callable[[str], None] = print) -> dict[str, 
                           "base weights changed); use another output.name")
     storage.makedirs(run)
     info = write_run_info(run, cfg, identity, space, space_text, prepared)
-    log(f"base model: " + "  ".join(f"{k} {prepared.base_metrics[k]:.3f}" for k in OBJECTIVES))
+    log("base model: " + "  ".join(f"{k} {prepared.base_metrics[k]:.3f}" for k in OBJECTIVES))
 
     results_path = storage.join(run, "results.parquet")
     recovered = recover_records(run, read_results(results_path))
@@ -238,8 +227,7 @@ def run_search(cfg: RunConfig, log: Callable[[str], None] = print) -> dict[str, 
     remaining = cfg.search.num_trials - finished
     if finished:
         study = optuna.create_study(storage=study_storage, study_name=cfg.output.name,
-                                    directions=[("minimize" if s == "min" else "maximize")
-                                                for s in OBJECTIVES.values()],
+                                    directions=DIRECTIONS,
                                     load_if_exists=True)
         counts = reconcile_study(study, run)
         log(f"resuming: {finished} trials finished, {remaining} to run "

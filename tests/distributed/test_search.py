@@ -7,11 +7,9 @@ import subprocess
 import sys
 import time
 
-import numpy as np
 import open_clip
 import pandas as pd
 import pytest
-import torch
 
 from distforget.config import load_config
 from tests.factories import TINY

@@ -1,4 +1,3 @@
-import dataclasses
 
 import numpy as np
 import pytest
@@ -6,7 +5,7 @@ import torch
 
 from distforget.config import ResourcesConfig, replace
 from distforget.training import Parallel, global_batches
-from distforget.trial import StageCache, StageTask, local_evaluator, run_trial, stage_key
+from distforget.trial import StageCache, StageTask, run_trial, stage_key
 
 
 def test_shards_are_disjoint_and_cover_each_global_batch():

@@ -1,0 +1,117 @@
+"""The method against the baselines, each searched with the same trial budget, per scenario.
+
+Scenarios: the embedded default (red circles) and three on real CIFAR-10 with the small CLIP that
+distforget pretrains on CIFAR-10's training split: a k-means subgroup of airplanes, a k-means
+subgroup of ships, and the whole cat class (keeping dogs, deer and horses). Every method (the
+three-stage method and the five baselines) gets ``--trials`` Optuna trials (TPE, seed 0) over its
+search space (``search_spaces/cifar10.yaml`` or ``embedded.yaml``; ``baseline-*.yaml``), on the
+same prepared inputs. Per scenario the table gives the base model and each method's best point
+under the rule ``forget_acc<=0.05, max zeroshot_acc`` (the closest point when none meets it),
+its normalised hypervolume over all its points, and the search's wall time.
+
+    python bench/quality.py                          # 2 CPU cores: about half an hour
+    python bench/quality.py --full --device cuda     # more trials
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from bench.common import machine  # noqa: E402
+from bench.local_search import local_search  # noqa: E402
+from distforget.config import load_config  # noqa: E402
+from distforget.pareto import normalized_hypervolume, pick, usable  # noqa: E402
+from distforget.prepare import prepare  # noqa: E402
+from distforget.search_space import load_space  # noqa: E402
+from distforget.trial import StageCache  # noqa: E402
+
+RULE = "forget_acc<=0.05, max zeroshot_acc"
+METHODS = ("three_stage", "ft", "ga", "rl", "neggrad", "salun")
+
+
+def scenarios(data_path: str) -> dict[str, tuple[str | None, dict, str]]:
+    """name -> (config file, overrides, space of the three-stage method)."""
+    cifar = str(ROOT / "configs" / "cifar10.yaml")
+    return {
+        "embedded: red circles": (None, {}, "embedded"),
+        "CIFAR-10: airplane subgroup k0 (k-means)": (
+            cifar, {"data.path": data_path}, "cifar10"),
+        "CIFAR-10: ship subgroup k0 (k-means)": (
+            cifar, {"data.path": data_path, "scenario.forget_class": "ship"}, "cifar10"),
+        "CIFAR-10: the whole cat class": (
+            cifar, {"data.path": data_path, "scenario.forget_class": "cat",
+                    "scenario.forget_subgroup": None,
+                    "scenario.retain_classes": ["dog", "deer", "horse"]}, "cifar10"),
+    }
+
+
+def best_row(rows: pd.DataFrame) -> pd.Series | None:
+    return pick(rows, RULE)[0] if not usable(rows).empty else None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=None, help="per method (default 6; 24 "
+                                                                   "with --full)")
+    parser.add_argument("--full", action="store_true")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
+    parser.add_argument("--only", default=None, help="run scenarios whose name contains this")
+    parser.add_argument("--out", default=str(ROOT / "bench" / "out"),
+                        help="folder for each scenario's results table")
+    args = parser.parse_args()
+    trials = args.trials or (24 if args.full else 6)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"# {machine()}\n# bench/quality.py: {trials} trials per method (TPE, seed 0); "
+          f"rule `{RULE}`; device {device}")
+    for name, (cfg_path, overrides, space_name) in scenarios(args.data).items():
+        if args.only and args.only not in name:
+            continue
+        cfg = load_config(cfg_path, overrides)
+        start = time.perf_counter()
+        prepared = prepare(cfg, device, log=lambda m: print(f"  {m}", flush=True))
+        prep_s = time.perf_counter() - start
+        base = prepared.base_metrics
+        print(f"\n### {name}\n\nsplits {prepared.info['splits']}; subgroups by "
+              f"{prepared.info['subgroup_rule']}; prepare {prep_s:.0f} s\n")
+        print("| method | forget_acc | retain_acc | zeroshot_acc | meets rule | hypervolume | "
+              "search s |\n| --- | --- | --- | --- | --- | --- | --- |")
+        print(f"| base model | {base['forget_acc']:.3f} | {base['retain_acc']:.3f} | "
+              f"{base['zeroshot_acc']:.3f} | | 0.000 | |", flush=True)
+        cache = StageCache()
+        tables = []
+        for method in METHODS:
+            space = load_space(space_name if method == "three_stage" else f"baseline-{method}",
+                               cfg)
+            t0 = time.perf_counter()
+            rows = local_search(prepared, cfg, space, trials=trials, sampler="tpe", seed=0,
+                                device=device, cache=cache)
+            wall = time.perf_counter() - t0
+            rows["method"] = method
+            tables.append(rows)
+            best = best_row(rows)
+            hv = normalized_hypervolume(rows, base)
+            if best is None:
+                print(f"| {method} | failed | | | | | {wall:.0f} |", flush=True)
+                continue
+            meets = "yes" if best["forget_acc"] <= 0.05 else "no"
+            print(f"| {method} | {best['forget_acc']:.3f} | {best['retain_acc']:.3f} | "
+                  f"{best['zeroshot_acc']:.3f} | {meets} | {hv:.3f} | {wall:.0f} |", flush=True)
+        slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
+        pd.concat(tables, ignore_index=True).drop(columns=["sweep"], errors="ignore") \
+            .to_parquet(out / f"quality-{slug}.parquet", index=False)
+
+
+if __name__ == "__main__":
+    main()
