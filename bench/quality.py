@@ -7,7 +7,10 @@ three-stage method and the five baselines) gets ``--trials`` Optuna trials (TPE,
 search space (``search_spaces/cifar10.yaml`` or ``embedded.yaml``; ``baseline-*.yaml``), on the
 same prepared inputs. Per scenario the table gives the base model and each method's best point
 under the rule ``forget_acc<=0.05, max zeroshot_acc`` (the closest point when none meets it),
-its normalised hypervolume over all its points, and the search's wall time.
+its normalised hypervolume over all its points, and the search's wall time. The issue's rule
+says nothing of the retained subgroups, so a second table per scenario picks each method's best
+point under ``forget_acc<=0.05, retain_acc>=0.9*base, max zeroshot_acc`` from the same points
+(the targeted forgetting the method is for: the rest of the class kept).
 
     python bench/quality.py                          # 2 CPU cores: about half an hour
     python bench/quality.py --full --device cuda     # more trials
@@ -29,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import machine  # noqa: E402
 from bench.local_search import local_search  # noqa: E402
 from distforget.config import load_config  # noqa: E402
-from distforget.pareto import normalized_hypervolume, pick, usable  # noqa: E402
+from distforget.pareto import normalized_hypervolume, parse_rule, pick, usable  # noqa: E402
 from distforget.prepare import prepare  # noqa: E402
 from distforget.search_space import load_space  # noqa: E402
 from distforget.trial import StageCache  # noqa: E402
@@ -54,8 +57,32 @@ def scenarios(data_path: str) -> dict[str, tuple[str | None, dict, str]]:
     }
 
 
-def best_row(rows: pd.DataFrame) -> pd.Series | None:
-    return pick(rows, RULE)[0] if not usable(rows).empty else None
+def kept_rule(base: dict) -> str:
+    return f"forget_acc<=0.05, retain_acc>={0.9 * base['retain_acc']:.3f}, max zeroshot_acc"
+
+
+def best_row(rows: pd.DataFrame, rule: str = RULE) -> pd.Series | None:
+    return pick(rows, rule)[0] if not usable(rows).empty else None
+
+
+def print_table(base: dict, rows_by_method: dict[str, pd.DataFrame], rule: str,
+                walls: dict[str, float]) -> None:
+    """One row per method: its best point under ``rule`` (or the closest), its hypervolume."""
+    print(f"\nrule `{rule}`\n\n| method | forget_acc | retain_acc | zeroshot_acc | meets rule | "
+          "hypervolume | search s |\n| --- | --- | --- | --- | --- | --- | --- |")
+    print(f"| base model | {base['forget_acc']:.3f} | {base['retain_acc']:.3f} | "
+          f"{base['zeroshot_acc']:.3f} | | 0.000 | |")
+    constraints = parse_rule(rule)[0]
+    for method, rows in rows_by_method.items():
+        best = best_row(rows, rule)
+        if best is None:
+            print(f"| {method} | failed | | | | | {walls[method]:.0f} |")
+            continue
+        meets = all({"<=": best[m] <= v, ">=": best[m] >= v}[op] for m, op, v in constraints)
+        hv = normalized_hypervolume(rows, base)
+        print(f"| {method} | {best['forget_acc']:.3f} | {best['retain_acc']:.3f} | "
+              f"{best['zeroshot_acc']:.3f} | {'yes' if meets else 'no'} | {hv:.3f} | "
+              f"{walls[method]:.0f} |", flush=True)
 
 
 def main() -> None:
@@ -85,32 +112,24 @@ def main() -> None:
         base = prepared.base_metrics
         print(f"\n### {name}\n\nsplits {prepared.info['splits']}; subgroups by "
               f"{prepared.info['subgroup_rule']}; prepare {prep_s:.0f} s\n")
-        print("| method | forget_acc | retain_acc | zeroshot_acc | meets rule | hypervolume | "
-              "search s |\n| --- | --- | --- | --- | --- | --- | --- |")
-        print(f"| base model | {base['forget_acc']:.3f} | {base['retain_acc']:.3f} | "
-              f"{base['zeroshot_acc']:.3f} | | 0.000 | |", flush=True)
         cache = StageCache()
-        tables = []
+        tables, walls = {}, {}
         for method in METHODS:
             space = load_space(space_name if method == "three_stage" else f"baseline-{method}",
                                cfg)
             t0 = time.perf_counter()
             rows = local_search(prepared, cfg, space, trials=trials, sampler="tpe", seed=0,
                                 device=device, cache=cache)
-            wall = time.perf_counter() - t0
+            walls[method] = time.perf_counter() - t0
             rows["method"] = method
-            tables.append(rows)
-            best = best_row(rows)
-            hv = normalized_hypervolume(rows, base)
-            if best is None:
-                print(f"| {method} | failed | | | | | {wall:.0f} |", flush=True)
-                continue
-            meets = "yes" if best["forget_acc"] <= 0.05 else "no"
-            print(f"| {method} | {best['forget_acc']:.3f} | {best['retain_acc']:.3f} | "
-                  f"{best['zeroshot_acc']:.3f} | {meets} | {hv:.3f} | {wall:.0f} |", flush=True)
+            tables[method] = rows
+            print(f"  {method}: {len(rows)} points in {walls[method]:.0f} s", flush=True)
+        print_table(base, tables, RULE, walls)
+        print_table(base, tables, kept_rule(base), walls)
         slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-        pd.concat(tables, ignore_index=True).drop(columns=["sweep"], errors="ignore") \
-            .to_parquet(out / f"quality-{slug}.parquet", index=False)
+        table = pd.concat(list(tables.values()), ignore_index=True)
+        table.drop(columns=["sweep"], errors="ignore").to_parquet(
+            out / f"quality-{slug}.parquet", index=False)
 
 
 if __name__ == "__main__":

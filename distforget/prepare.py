@@ -18,11 +18,13 @@ import numpy as np
 import torch
 
 from distforget.config import RemindConfig, RunConfig
-from distforget.data.scenario import SPLITS, Scenario, Split, build_scenario, check_scenario
+from distforget.data.scenario import (SPLITS, Scenario, Split, build_scenario, check_scenario,
+                                      needs_embeddings)
 from distforget.data.sources import default_cache_dir, load_data
 from distforget.data.transforms import DevicePreprocess
 from distforget.evaluate import Evaluator, image_features
-from distforget.model import ModelSpec, create, load_pretrained, state_to_numpy, tokenizer_for
+from distforget.model import (ModelSpec, check_model_name, create, load_pretrained,
+                              state_to_numpy, tokenizer_for)
 from distforget.zeroshot import build_head, templates_for
 
 
@@ -99,6 +101,10 @@ def prepare(cfg: RunConfig, device: torch.device, *, cache_dir: Path | None = No
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     data = load_data(cfg.data, cache_dir)
     check_scenario(data, cfg.scenario)  # name errors surface before any pretraining
+    check_model_name(cfg.model.name)
+    # Splits that need no model are built (and checked: empty sets, overlaps) before any
+    # pretraining; k-means subgroups need the base model's embeddings, so they come after it.
+    early = None if needs_embeddings(data, cfg.scenario) else build_scenario(data, cfg.scenario)
     templates = templates_for(cfg.data.templates, cfg.data.format, data.classes)
 
     weights = cfg.model.pretrained
@@ -121,7 +127,7 @@ def prepare(cfg: RunConfig, device: torch.device, *, cache_dir: Path | None = No
         return image_features(model.visual, images, prep,
                               precision=cfg.model.precision).cpu().numpy()
 
-    scenario = build_scenario(data, cfg.scenario, embed=embed)
+    scenario = early if early is not None else build_scenario(data, cfg.scenario, embed=embed)
     images, scenario = _compact(data.images, scenario)
     logit_scale = float(model.logit_scale.exp().item())
 

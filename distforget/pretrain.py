@@ -120,8 +120,9 @@ def pretrain_clip(data: ImageTable, rows: np.ndarray, *, name: str, cfg: Pretrai
         else 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))))
     rng = np.random.default_rng(cfg.seed)
     classes = data.table["class_name"].to_numpy()
-    subgroups = (data.table["subgroup"].to_numpy() if "subgroup" in data.table
-                 else np.full(len(data.table), None, dtype=object))
+    # None for images without a subgroup (pandas stores them as NaN in a string column).
+    subgroups = (data.table["subgroup"].to_numpy(dtype=object, na_value=None)
+                 if "subgroup" in data.table else np.full(len(data.table), None, dtype=object))
     step = 0
     start = time.perf_counter()
     for epoch in range(cfg.epochs):

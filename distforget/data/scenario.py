@@ -191,6 +191,17 @@ def check_scenario(data: ImageTable, cfg: ScenarioConfig) -> None:
                             f"; subgroups (column): {', '.join(labels)}")
 
 
+def needs_embeddings(data: ImageTable, cfg: ScenarioConfig) -> bool:
+    """Whether the forget class's subgroups come from k-means on the base model's embeddings
+    (so the splits can only be built once there is a base model)."""
+    if cfg.forget_subgroup is None:
+        return False
+    table = data.table
+    is_class = (table["class_name"] == cfg.forget_class).to_numpy()
+    has_column = "subgroup" in table and table.loc[is_class, "subgroup"].notna().all()
+    return cfg.subgroups == "kmeans" or (cfg.subgroups == "auto" and not has_column)
+
+
 def build_scenario(data: ImageTable, cfg: ScenarioConfig,
                    embed: Callable[[np.ndarray], np.ndarray] | None = None) -> Scenario:
     """Derive every split of the scenario; ``embed`` maps uint8 images to embeddings and is

@@ -1,0 +1,144 @@
+import numpy as np
+import pandas as pd
+import pytest
+
+from distforget.config import DataConfig, GeneratedConfig, ScenarioConfig
+from distforget.data.scenario import SPLITS, build_scenario, kmeans_subgroups
+from distforget.data.sources import ImageTable, from_arrays, load_data
+from distforget.errors import DataError
+
+
+@pytest.fixture(scope="module")
+def shapes(cache_dir):
+    return load_data(DataConfig(generated=GeneratedConfig(train_per_subgroup=20,
+                                                          test_per_subgroup=6)), cache_dir)
+
+
+def test_splits_are_disjoint_held_out_and_labelled(shapes):
+    sc = build_scenario(shapes, ScenarioConfig())
+    s = sc.splits
+    rows = {k: set(v.indices.tolist()) for k, v in s.items()}
+    for a in SPLITS:
+        for b in SPLITS:
+            if a < b:
+                assert not rows[a] & rows[b], (a, b)
+    table = shapes.table
+    sub = table["subgroup"].to_numpy()
+    cls = table["class_name"].to_numpy()
+    split = table["split"].to_numpy()
+    assert set(sub[s["forget_train"].indices]) == {"red"}
+    assert set(cls[s["forget_train"].indices]) == {"circle"}
+    assert set(sub[s["retain_train"].indices]) == {"green", "blue"}
+    assert set(split[s["eval_forget"].indices]) == {"test"}
+    assert set(split[s["calib_forget"].indices]) == {"train"}
+    assert set(cls[s["eval_zeroshot"].indices]).isdisjoint({"circle"})
+    assert sc.zeroshot_classes == tuple(c for c in shapes.classes if c != "circle")
+    # Labels are the class ids of the head.
+    assert np.array_equal(s["eval_retain"].labels,
+                          [sc.classes.index(c) for c in cls[s["eval_retain"].indices]])
+    assert len(s["calib_forget"]) == round(0.2 * 20)
+
+
+def test_splits_are_reproducible_and_seeded(shapes):
+    a = build_scenario(shapes, ScenarioConfig())
+    b = build_scenario(shapes, ScenarioConfig())
+    c = build_scenario(shapes, ScenarioConfig(seed=1))
+    assert a.fingerprint == b.fingerprint
+    assert all(np.array_equal(a.splits[k].indices, b.splits[k].indices) for k in SPLITS)
+    assert a.splits["forget_train"].hash != c.splits["forget_train"].hash
+
+
+def test_splits_do_not_depend_on_row_order(shapes):
+    order = np.random.default_rng(0).permutation(len(shapes.table))
+    shuffled = ImageTable(np.asarray(shapes.images)[order],
+                          shapes.table.iloc[order].reset_index(drop=True))
+    a = build_scenario(shapes, ScenarioConfig())
+    b = build_scenario(shuffled, ScenarioConfig())
+    assert all(a.splits[k].hash == b.splits[k].hash for k in SPLITS)
+
+
+def test_whole_class_forgetting_and_retain_classes(shapes):
+    sc = build_scenario(shapes, ScenarioConfig(forget_subgroup=None,
+                                               retain_classes=("square", "star")))
+    cls = shapes.table["class_name"].to_numpy()
+    assert set(cls[sc.splits["forget_train"].indices]) == {"circle"}
+    assert set(cls[sc.splits["retain_train"].indices]) == {"square", "star"}
+    assert "square" not in sc.zeroshot_classes and "triangle" in sc.zeroshot_classes
+    with pytest.raises(DataError, match="needs scenario.retain_classes"):
+        build_scenario(shapes, ScenarioConfig(forget_subgroup=None))
+
+
+@pytest.mark.parametrize("cfg, message", [
+    (ScenarioConfig(forget_class="circel"), "forget_class 'circel' is not a class of the data "
+                                            "(did you mean 'circle'?)"),
+    (ScenarioConfig(forget_subgroup="rde"), "forget_subgroup 'rde' is not a subgroup of class "
+                                            "'circle' (did you mean 'red'?)"),
+    (ScenarioConfig(retain_classes=("circle",)), "contains the forget class"),
+    (ScenarioConfig(retain_classes=("hexagon",)), "retain_classes names 'hexagon'"),
+    (ScenarioConfig(zeroshot_classes=("circle",)), "which a stage trains on"),
+])
+def test_bad_scenarios_are_refused(shapes, cfg, message):
+    with pytest.raises(DataError) as err:
+        build_scenario(shapes, cfg)
+    assert message in str(err.value)
+
+
+def test_empty_forget_set_and_overlap_are_refused(shapes):
+    table = shapes.table.copy()
+    table.loc[(table["subgroup"] == "red") & (table["split"] == "train"), "subgroup"] = "pink"
+    with pytest.raises(DataError, match="forget set is empty or too small: 0 training images"):
+        build_scenario(ImageTable(shapes.images, table), ScenarioConfig(forget_subgroup="red"))
+
+    # The same image under two subgroups: forget and retain would share content.
+    images = np.asarray(shapes.images).copy()
+    t = shapes.table
+    red = np.flatnonzero(((t["subgroup"] == "red") & (t["class_name"] == "circle")).to_numpy())
+    green = np.flatnonzero(((t["subgroup"] == "green") & (t["class_name"] == "circle")).to_numpy())
+    images[green[0]] = images[red[0]]
+    dup = from_arrays(images, t.drop(columns=["sha"]))
+    with pytest.raises(DataError, match="forget and retain sets overlap: 1 images"):
+        build_scenario(dup, ScenarioConfig())
+
+
+def test_data_without_splits_is_held_out_by_content_hash(shapes):
+    table = shapes.table.assign(split=None)
+    data = ImageTable(shapes.images, table)
+    sc = build_scenario(data, ScenarioConfig(holdout_fraction=0.3))
+    n_eval = sum(len(sc.splits[k]) for k in ("eval_forget", "eval_retain"))
+    n_train = sum(len(sc.splits[k]) for k in ("forget_train", "retain_train", "calib_forget",
+                                                 "calib_retain"))
+    assert 0.15 < n_eval / (n_eval + n_train) < 0.45
+    again = build_scenario(data, ScenarioConfig(holdout_fraction=0.3))
+    assert sc.fingerprint == again.fingerprint
+
+
+def test_kmeans_rule_is_deterministic_and_named_by_size():
+    rng = np.random.default_rng(0)
+    centres = np.array([[5.0, 0, 0], [0, 5.0, 0], [0, 0, 5.0]])
+    sizes = [30, 20, 10]
+    emb = np.concatenate([c + rng.normal(0, 0.3, (n, 3)) for c, n in zip(centres, sizes)])
+    shas = np.array([f"{i:04d}" for i in range(len(emb))], dtype=object)
+    fit = np.ones(len(emb), bool)
+    a = kmeans_subgroups(emb, fit, shas, 3, seed=0)
+    b = kmeans_subgroups(emb, fit, shas, 3, seed=0)
+    assert list(a) == list(b)
+    assert list(a[:30]) == ["k0"] * 30 and list(a[30:50]) == ["k1"] * 20
+    assert list(a[50:]) == ["k2"] * 10
+
+
+def test_kmeans_subgroups_when_the_data_has_none(shapes):
+    table = shapes.table.assign(subgroup=None)
+    data = ImageTable(shapes.images, table)
+
+    def embed(images):  # mean colour: separates the colour subgroups
+        return images.reshape(len(images), -1, 3).mean(axis=1)
+
+    sc = build_scenario(data, ScenarioConfig(forget_subgroup="k0", num_subgroups=3), embed=embed)
+    assert sc.subgroups == ("k0", "k1", "k2") and sc.subgroup_rule.startswith("kmeans(k=3")
+    forget_true = table["subgroup"].to_numpy()  # all None: use the generated colours instead
+    colours = shapes.table["subgroup"].to_numpy()[sc.splits["forget_train"].indices]
+    # One colour dominates the forgotten cluster.
+    assert pd.Series(colours).value_counts(normalize=True).iloc[0] > 0.8
+    assert forget_true[0] is None
+    with pytest.raises(DataError, match="needs the base model's image embeddings"):
+        build_scenario(data, ScenarioConfig(forget_subgroup="k0"))
