@@ -160,7 +160,7 @@ def _table(class_names: Iterable, subgroups: pd.Series | None, splits: pd.Series
     })
 
 
-def _read_manifest_file(path: Path, split_from_name: bool) -> tuple[pd.DataFrame, list, list]:
+def read_manifest_file(path: Path, split_from_name: bool) -> tuple[pd.DataFrame, list, list]:
     """One manifest file: its label frame, encoded images and source names."""
     try:
         import pyarrow.parquet as pq
@@ -215,7 +215,7 @@ def read_parquet_manifest(path: str | Path, size: int | None, cache_dir: Path) -
         raise DataError(f"data.path {str(path)!r}: no Parquet manifest there")
     frames, blobs, sources = [], [], []
     for f in files:
-        df, b, s = _read_manifest_file(f, split_from_name=path.is_dir())
+        df, b, s = read_manifest_file(f, split_from_name=path.is_dir())
         frames.append(df)
         blobs.extend(b)
         sources.extend(s)

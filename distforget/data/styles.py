@@ -53,7 +53,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image, ImageEnhance, ImageFilter, ImageOps, UnidentifiedImageError
 
-from distforget.data.sources import IMAGE_SUFFIXES, sha_of
+from distforget.data.sources import IMAGE_SUFFIXES, read_manifest_file, sha_of
 from distforget.errors import ConfigError, DataError
 
 STYLE_VERSION = "1"  # bump when a transform changes: the same bytes are promised per version
@@ -129,30 +129,11 @@ def encode_png(img: Image.Image) -> bytes:
 # --- reading the originals ------------------------------------------------------------------------
 
 def _read_parquet_source(path: Path) -> pd.DataFrame:
-    files = sorted(path.glob("*.parquet")) if path.is_dir() else [path]
+    """A manifest file or a folder of them, read as the Parquet data form reads them."""
     frames = []
-    for f in files:
-        try:
-            df = pd.read_parquet(f)
-        except Exception as exc:  # pyarrow raises several types for a file that is not Parquet
-            raise DataError(f"{str(f)!r} is not a readable Parquet file: {exc}") from None
-        if "class_name" not in df or ("image" not in df and "path" not in df):
-            raise DataError(f"manifest {str(f)!r} needs 'class_name' and 'image' or 'path' "
-                            f"(columns: {', '.join(df.columns)})")
-        if "image" in df:
-            blobs = [bytes(b) for b in df["image"]]
-            origin = ([f"{f.name}:{p}" for p in df["path"]] if "path" in df
-                      else [f"{f.name}#row{i}" for i in range(len(df))])
-        else:
-            files_ = [f.parent / str(p) for p in df["path"]]
-            missing = [p for p in files_ if not p.is_file()]
-            if missing:
-                raise DataError(f"manifest {str(f)!r}: image file {str(missing[0])!r} "
-                                "does not exist")
-            blobs = [p.read_bytes() for p in files_]
-            origin = [str(p.relative_to(f.parent)) for p in files_]
-        split = (df["split"] if "split" in df
-                 else pd.Series([f.stem if path.is_dir() else None] * len(df)))
+    for f in sorted(path.glob("*.parquet")) if path.is_dir() else [path]:
+        df, blobs, origin = read_manifest_file(f, split_from_name=path.is_dir())
+        split = df["split"] if "split" in df else pd.Series([None] * len(df))
         frames.append(pd.DataFrame({"blob": blobs, "class_name": df["class_name"].map(str),
                                     "split": split.to_numpy(), "origin": origin}))
     return pd.concat(frames, ignore_index=True)
