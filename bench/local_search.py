@@ -27,7 +27,7 @@ def local_search(prepared: Prepared, base: RunConfig, space: SearchSpace, *, tri
                  on_trial: Callable[[int, dict], None] | None = None) -> pd.DataFrame:
     """Run ``trials`` trials; returns the results table (trials and their sweep points)."""
     cache = cache or StageCache()
-    study = optuna.create_study(directions=DIRECTIONS, sampler=make_sampler(sampler, seed))
+    study = optuna.create_study(directions=DIRECTIONS, sampler=make_sampler(sampler, seed, trials))
     launch = local_launcher(prepared, cache, device)
     evaluate = local_evaluator(prepared, cache, device, base.model.precision)
     rows = []

@@ -2,7 +2,8 @@
 GP and random search on the same scenario and search space, over several seeds, and the number
 of trials each needs to reach 95% of the best hypervolume seen in any run.
 
-Each trial's soup sweep counts towards the front, as in ``python -m distforget.search``.
+Each trial's soup sweep counts towards the front, as in ``python -m distforget.search``. Every
+run (sampler, seed) is its own search with its own stage cache, so wall times compare.
 
     python bench/search_efficiency.py                     # embedded default, 16 trials, 3 seeds
     python bench/search_efficiency.py --config configs/cifar10.yaml --trials 32 --full
@@ -52,14 +53,13 @@ def main() -> None:
     space = load_space(cfg.search.space, cfg)
     prepared = prepare(cfg, device, log=lambda m: None)
     base = prepared.base_metrics
-    cache = StageCache()
     curves: dict[str, list[list[float]]] = {}
     walls: dict[str, float] = {}
     for sampler in SAMPLERS:
         start = time.perf_counter()
         for seed in range(seeds):
             rows = local_search(prepared, cfg, space, trials=args.trials, sampler=sampler,
-                                seed=seed, device=device, cache=cache)
+                                seed=seed, device=device, cache=StageCache())
             curves.setdefault(sampler, []).append(curve(rows, base, args.trials))
         walls[sampler] = time.perf_counter() - start
     best = max(max(c[-1] for c in runs) for runs in curves.values())

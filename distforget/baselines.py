@@ -43,7 +43,7 @@ def saliency_masks(visual, head, prep, images: np.ndarray, labels: np.ndarray, s
     params = dict(visual.named_parameters())
     visual.zero_grad(set_to_none=True)
     idx = parallel.shard(np.arange(len(images)))
-    y = torch.as_tensor(labels, device=prep.device)
+    y = torch.tensor(labels, device=prep.device)
     for i in range(0, len(idx), batch_size):
         sel = idx[i:i + batch_size]
         with autocast(prep.device, precision):
@@ -92,8 +92,8 @@ def run_baseline(prepared: Prepared, method: str, cfg: BaselineConfig, *, device
     opt = torch.optim.AdamW(visual.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     uses_forget = method != "ft"
     uses_retain = method != "ga"
-    labels_t = torch.as_tensor(labels, device=device)
-    is_forget_t = torch.as_tensor(is_forget, device=device)
+    labels_t = torch.tensor(labels, device=device)
+    is_forget_t = torch.tensor(is_forget, device=device)
     current = {"labels": labels_t}
 
     def batches(epoch: int) -> list[np.ndarray]:

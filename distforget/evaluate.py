@@ -83,7 +83,7 @@ class Evaluator:
         idx, labels = self.splits[split]
         feats = image_features(visual, self.images[idx], self.prep,
                                batch_size=self.batch_size, precision=self.precision)
-        return feats, torch.as_tensor(labels, device=self.prep.device)
+        return feats, torch.tensor(labels, device=self.prep.device)
 
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * feats @ self.head.T

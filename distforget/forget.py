@@ -173,7 +173,8 @@ def run_forget(prepared: Prepared, cfg: ForgetConfig, *, device: torch.device,
     trainable = [p for p in visual.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(trainable, lr=cfg.lr, weight_decay=cfg.weight_decay)
     forget_images = images[f.indices]
-    labels = torch.as_tensor(f.labels, device=device)
+    # torch.tensor copies: arrays from the Ray object store are read-only.
+    labels = torch.tensor(f.labels, device=device)
 
     def step(global_batch: np.ndarray) -> torch.Tensor:
         local = parallel.shard(global_batch)

@@ -159,9 +159,9 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
                             weight_decay=cfg.weight_decay)
     ema = (AveragedModel(visual, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
                          use_buffers=True) if cfg.ema_decay else None)
-    labels_t = torch.as_tensor(kd_labels, device=device).clamp(min=0)
-    roles_t = torch.as_tensor(roles, device=device)
-    teacher_t = torch.as_tensor(np.concatenate(teacher), device=device)
+    labels_t = torch.tensor(kd_labels, device=device).clamp(min=0)
+    roles_t = torch.tensor(roles, device=device)
+    teacher_t = torch.tensor(np.concatenate(teacher), device=device)
 
     def step(global_batch: np.ndarray) -> torch.Tensor:
         local = parallel.shard(global_batch)

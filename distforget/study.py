@@ -13,11 +13,19 @@ from distforget.pareto import OBJECTIVES
 DIRECTIONS = ["minimize" if s == "min" else "maximize" for s in OBJECTIVES.values()]
 
 
-def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
+def nsga2_population(num_trials: int) -> int:
+    """NSGA-II's population for a budget of ``num_trials``: a quarter of the budget, between 4
+    and Optuna's default of 50, so that a small search runs several generations rather than
+    one generation of random samples."""
+    return max(4, min(50, num_trials // 4))
+
+
+def make_sampler(name: str, seed: int, num_trials: int = 200) -> optuna.samplers.BaseSampler:
     if name == "tpe":
         return optuna.samplers.TPESampler(seed=seed)
     if name == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=seed)
+        return optuna.samplers.NSGAIISampler(seed=seed,
+                                             population_size=nsga2_population(num_trials))
     if name == "gp":
         return optuna.samplers.GPSampler(seed=seed)
     if name == "random":

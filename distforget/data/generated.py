@@ -52,7 +52,8 @@ def _hsv_to_rgb(h: np.ndarray, s: np.ndarray, v: np.ndarray) -> np.ndarray:
     m = v - c
     zeros = np.zeros_like(h)
     sector = np.floor(h).astype(int) % 6
-    table = [(c, x, zeros), (x, c, zeros), (zeros, c, x), (zeros, x, c), (x, zeros, c), (c, zeros, x)]
+    table = [(c, x, zeros), (x, c, zeros), (zeros, c, x), (zeros, x, c), (x, zeros, c),
+             (c, zeros, x)]
     rgb = np.zeros(h.shape + (3,))
     for i, (r, g, b) in enumerate(table):
         sel = sector == i

@@ -244,8 +244,9 @@ def build_scenario(data: ImageTable, cfg: ScenarioConfig,
                             "subgroup of it left to keep")
     else:
         if cfg.forget_subgroup not in subgroups:
+            hint = _suggest(cfg.forget_subgroup, subgroups)
             raise DataError(f"scenario.forget_subgroup {cfg.forget_subgroup!r} is not a subgroup "
-                            f"of class {cfg.forget_class!r}{_suggest(cfg.forget_subgroup, subgroups)}"
+                            f"of class {cfg.forget_class!r}{hint}"
                             f"; subgroups ({rule}): {', '.join(subgroups)}")
         forget_mask = is_class & (subgroup == cfg.forget_subgroup)
         retain_mask = ((is_class & (subgroup != cfg.forget_subgroup))

@@ -235,7 +235,8 @@ def run_search(cfg: RunConfig, log: Callable[[str], None] = print) -> dict[str, 
     if remaining > 0:
         searcher = SweepOptunaSearch(
             space=space.params, metric=list(OBJECTIVES), mode=list(OBJECTIVES.values()),
-            sampler=make_sampler(cfg.search.sampler, cfg.search.seed),
+            sampler=make_sampler(cfg.search.sampler, cfg.search.seed,
+                                 cfg.search.num_trials),
             study_name=cfg.output.name, storage=study_storage)
         tuner = tune.Tuner(
             _trainable({**shared, "source": "trial", "space": space, "sweep": space.sweep},

@@ -11,7 +11,6 @@ started. (``ray stop`` would stop every Ray on the machine, other people's inclu
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -219,7 +218,8 @@ def test_the_embedded_search_submitted_as_a_job_to_a_token_authenticated_head(tm
         assert len(trials) == 2 and trials["trial_id"].is_unique
         assert (results["status"] == "ok").all()
         assert trials["forget_acc"].between(0, 1).all()
-        assert (run / "report.md").is_file() and "## Pareto front" in (run / "report.md").read_text()
+        report = run / "report.md"
+        assert report.is_file() and "## Pareto front" in report.read_text()
         assert (run / "best" / "model.safetensors").stat().st_size > 0
         assert json.loads((run / "run.json").read_text())["config"]["search"]["num_trials"] == 2
     finally:

@@ -1,0 +1,40 @@
+import optuna
+import pytest
+
+from distforget.errors import ConfigError
+from distforget.study import DIRECTIONS, add_sweep_points, make_sampler, nsga2_population
+
+
+def test_nsga2_population_is_a_quarter_of_the_budget_within_bounds():
+    assert [nsga2_population(n) for n in (2, 16, 32, 120, 1000)] == [4, 4, 8, 30, 50]
+
+
+def test_a_small_nsga2_search_breeds_after_its_first_generation():
+    """With 16 trials NSGA-II runs generations of 4; with Optuna's default population of 50 the
+    whole search would be its first, random, generation."""
+    study = optuna.create_study(directions=["minimize", "minimize"],
+                                sampler=make_sampler("nsga2", 0, 16))
+    study.optimize(lambda t: (t.suggest_float("x", 0, 1), 1 - t.suggest_float("x", 0, 1)),
+                   n_trials=16)
+    generations = {t.system_attrs.get("NSGAIISampler:generation") for t in study.trials}
+    assert generations == {0, 1, 2, 3}
+
+
+def test_unknown_sampler_is_refused_by_name():
+    with pytest.raises(ConfigError, match="'cmaes'"):
+        make_sampler("cmaes", 0)
+
+
+def test_sweep_points_join_the_study_as_completed_trials():
+    study = optuna.create_study(directions=DIRECTIONS, sampler=make_sampler("random", 0))
+    dist = {"restore.alpha": optuna.distributions.FloatDistribution(0, 1),
+            "forget.lr": optuna.distributions.FloatDistribution(1e-5, 1e-3, log=True)}
+    record = {"trial_id": "t1", "status": "ok",
+              "params": {"restore.alpha": 0.5, "forget.lr": 1e-4},
+              "sweep": [{"recipe": {"alpha": a, "beta": 0.0},
+                         "metrics": {"forget_acc": 0.1, "retain_acc": 0.8, "zeroshot_acc": 0.9}}
+                        for a in (0.2, 0.8)]}
+    assert add_sweep_points(study, dist, record) == 2
+    assert sorted(t.params["restore.alpha"] for t in study.trials) == [0.2, 0.8]
+    assert all(t.params["forget.lr"] == 1e-4 for t in study.trials)
+    assert [t.user_attrs["sweep_of"] for t in study.trials] == ["t1", "t1"]
