@@ -24,13 +24,13 @@ import time
 from pathlib import Path
 
 import pandas as pd
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine  # noqa: E402
 from bench.local_search import local_search  # noqa: E402
+from distforget.cli import pick_device  # noqa: E402
 from distforget.config import load_config  # noqa: E402
 from distforget.pareto import normalized_hypervolume, parse_rule, pick, usable  # noqa: E402
 from distforget.prepare import prepare  # noqa: E402
@@ -97,7 +97,7 @@ def main() -> None:
                         help="folder for each scenario's results table")
     args = parser.parse_args()
     trials = args.trials or (24 if args.full else 6)
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     print(f"# {machine()}\n# bench/quality.py: {trials} trials per method (TPE, seed 0); "

@@ -17,13 +17,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine  # noqa: E402
 from bench.local_search import local_search  # noqa: E402
+from distforget.cli import pick_device  # noqa: E402
 from distforget.config import load_config  # noqa: E402
 from distforget.pareto import normalized_hypervolume  # noqa: E402
 from distforget.prepare import prepare  # noqa: E402
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     seeds = 5 if args.full else args.seeds
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     cfg = load_config(args.config, args.overrides)
     space = load_space(cfg.search.space, cfg)
     prepared = prepare(cfg, device, log=lambda m: None)

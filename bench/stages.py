@@ -14,11 +14,11 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine, now, steady_throughput, synthetic_prepared  # noqa: E402
+from distforget.cli import pick_device  # noqa: E402
 from distforget.baselines import run_baseline  # noqa: E402
 from distforget.config import BaselineConfig, ForgetConfig, RemindConfig  # noqa: E402
 from distforget.forget import run_forget  # noqa: E402
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--model", default=None)
     parser.add_argument("--device", default=None)
     args = parser.parse_args()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     model = args.model or ("ViT-B-32" if args.full else "DF-ViT-Tiny-32")
     batch = 256 if args.full else 32
     prepared = synthetic_prepared(model, n_retain=batch * 8, n_forget=batch * 4)

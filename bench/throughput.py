@@ -27,6 +27,7 @@ import torch.nn.functional as F
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import machine, now, steady_throughput, sync, synthetic_prepared  # noqa: E402
+from distforget.cli import pick_device  # noqa: E402
 from distforget.baselines import run_baseline  # noqa: E402
 from distforget.config import BaselineConfig, RunConfig, from_dict  # noqa: E402
 from distforget.training import (autocast, device_index, maybe_compile,  # noqa: E402
@@ -125,7 +126,7 @@ def main() -> None:
     parser.add_argument("--ray", dest="ray", action="store_true", default=None)
     parser.add_argument("--no-ray", dest="ray", action="store_false")
     args = parser.parse_args()
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     model = args.model or ("ViT-B-32" if args.full else "DF-ViT-Tiny-32")
     batch = args.batch or (256 if args.full else 64)
     n = args.images or (batch * 24 if args.full else batch * 8)

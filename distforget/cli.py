@@ -13,6 +13,13 @@ from typing import Callable
 from distforget.errors import DistforgetError
 
 
+def pick_device(name: str | None):
+    """The torch device a command runs on: ``--device`` if given, else CUDA if present."""
+    import torch
+
+    return torch.device(name or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML run config (default: the embedded default)")
     parser.add_argument("overrides", nargs="*", metavar="key=value",

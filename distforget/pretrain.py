@@ -19,8 +19,7 @@ import argparse
 import hashlib
 import json
 import math
-import os
-import tempfile
+import shutil
 import time
 from pathlib import Path
 from typing import Callable
@@ -36,6 +35,7 @@ from distforget.data.sources import ImageTable, default_cache_dir
 from distforget.data.transforms import DevicePreprocess
 from distforget.evaluate import accuracy, image_features
 from distforget.model import ModelSpec, create
+from distforget.storage import atomic_path
 from distforget.zeroshot import build_head, prompt_name
 
 PRETRAIN_VERSION = "2"
@@ -192,15 +192,13 @@ def ensure_pretrained(model: ModelConfig, cfg: PretrainConfig, data: ImageTable,
         if len(held_rows) else float("nan")
     log(f"pretrained {model.name} in {wall:.0f}s; zero-shot accuracy on {len(held_rows)} "
         f"held-out images: {acc:.3f}")
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}
     info = {"model": model.name, "pretrain": cfg.__dict__, "train_images": int(len(train_rows)),
             "heldout_images": int(len(held_rows)), "zeroshot_acc": acc, "wall_s": wall}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    os.close(fd)
-    save_file(state, tmp, metadata={"distforget": json.dumps(info)})
-    path.with_suffix(".json").write_text(json.dumps(info, indent=2))
-    os.replace(tmp, path)
+    with atomic_path(path.with_suffix(".json")) as tmp:
+        tmp.write_text(json.dumps(info, indent=2))
+    with atomic_path(path) as tmp:  # the weights last: their presence marks the cache entry
+        save_file(state, str(tmp), metadata={"distforget": json.dumps(info)})
     return path
 
 
@@ -210,7 +208,7 @@ def pretrained_info(path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from distforget.cli import run_cli, add_common_arguments, config_from_args
+    from distforget.cli import add_common_arguments, config_from_args, pick_device, run_cli
     from distforget.data.sources import load_data
     from distforget.zeroshot import templates_for
 
@@ -224,18 +222,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(args) -> int:
         cfg: RunConfig = config_from_args(args)
-        device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        device = pick_device(args.device)
         data = load_data(cfg.data)
         templates = templates_for(cfg.data.templates, cfg.data.format, data.classes)
         path = ensure_pretrained(cfg.model, cfg.pretrain, data, templates, device)
         info = pretrained_info(path)
         print(json.dumps({"weights": str(path), **info}, indent=2))
         if args.out:
-            out = Path(args.out)
-            out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_suffix(".tmp")
-            tmp.write_bytes(path.read_bytes())
-            os.replace(tmp, out)
+            with atomic_path(args.out) as tmp:
+                shutil.copyfile(path, tmp)
         return 0
 
     return run_cli(parser, run, argv)

@@ -10,33 +10,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import pandas as pd
 import torch
 
-from distforget.cli import add_common_arguments, config_from_args, run_cli
+from distforget.cli import add_common_arguments, config_from_args, pick_device, run_cli
 from distforget.config import BASELINES, METHODS, RunConfig, replace
 from distforget.errors import ConfigError
+from distforget.storage import atomic_path
 
 SHOWN = ("method", "forget_acc", "retain_acc", "zeroshot_acc", "forget_sim", "mia_auc",
          "alpha", "wall_s")
 
 
-def pick_device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def write_json_atomic(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(data, f, indent=2, default=float)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=float))
 
 
 def unlearn(cfg: RunConfig, methods: list[str], *, device: torch.device, out_dir: Path | None,

@@ -26,7 +26,6 @@ with symbolic links.
 from __future__ import annotations
 
 import argparse
-import difflib
 import functools
 import gzip
 import json
@@ -39,7 +38,7 @@ import pandas as pd
 
 from distforget.data.sources import (IMAGE_SUFFIXES, ImageTable, _table, decode_cached,
                                      sha_of)
-from distforget.errors import DataError
+from distforget.errors import DataError, did_you_mean
 
 HIERARCHY_FILE = Path(__file__).with_name("imagenet_hierarchy.json.gz")
 # Split folders read from the layout, in this order ("val" is an evaluation split).
@@ -126,17 +125,13 @@ def hierarchy() -> Hierarchy:
                      parents={w: tuple(s["parents"]) for w, s in synsets.items()})
 
 
-def _suggest(value: str, options) -> str:
-    close = difflib.get_close_matches(value, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
 
 def class_name(wnid: str) -> str:
     """open_clip's class name of an ILSVRC-2012 wnid."""
     h = hierarchy()
     if wnid not in h.name_of:
         raise DataError(f"{wnid!r} is not one of the 1000 ImageNet-1K wnids"
-                        f"{_suggest(wnid, h.wnids)}")
+                        f"{did_you_mean(wnid, h.wnids)}")
     return h.name_of[wnid]
 
 
@@ -145,7 +140,7 @@ def wnids_of(name: str) -> tuple[str, ...]:
     h = hierarchy()
     if name not in h.wnids_by_name:
         raise DataError(f"{name!r} is not an ImageNet-1K class name (open_clip's names)"
-                        f"{_suggest(name, h.wnids_by_name)}")
+                        f"{did_you_mean(name, h.wnids_by_name)}")
     return h.wnids_by_name[name]
 
 
@@ -171,7 +166,7 @@ def resolve_synset(synset: str) -> str:
         raise DataError(f"synset {synset!r} is ambiguous: it names {options}; use the wnid")
     lemmas = {lemma.replace("_", " ") for ls in h.lemmas.values() for lemma in ls}
     raise DataError(f"synset {synset!r} is not a wnid or lemma of the WordNet synsets above "
-                    f"the ImageNet-1K classes{_suggest(synset.replace('_', ' '), lemmas)}")
+                    f"the ImageNet-1K classes{did_you_mean(synset.replace('_', ' '), lemmas)}")
 
 
 def synset_name(wnid: str) -> str:
@@ -223,7 +218,7 @@ def _to_class_name(value: str, where: str) -> str:
     if value in h.wnids_by_name:
         return value
     raise DataError(f"{where}: {value!r} is neither an ImageNet-1K wnid nor one of open_clip's "
-                    f"ImageNet class names{_suggest(value, [*h.wnids, *h.names])}")
+                    f"ImageNet class names{did_you_mean(value, [*h.wnids, *h.names])}")
 
 
 def _read_folders(root: Path, size: int | None, cache_dir: Path) -> ImageTable:

@@ -22,7 +22,6 @@ size (ties by the smallest content hash in the cluster).
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 from dataclasses import dataclass
 from typing import Callable, Mapping
@@ -32,7 +31,7 @@ import pandas as pd
 
 from distforget.config import ScenarioConfig
 from distforget.data.sources import EVAL_SPLITS, ImageTable
-from distforget.errors import DataError
+from distforget.errors import DataError, did_you_mean
 
 SPLITS = ("forget_train", "retain_train", "calib_forget", "calib_retain",
           "eval_forget", "eval_retain", "eval_zeroshot")
@@ -74,10 +73,6 @@ class Scenario:
     def summary(self) -> dict[str, int]:
         return {name: len(self.splits[name]) for name in SPLITS}
 
-
-def _suggest(value: str, options) -> str:
-    close = difflib.get_close_matches(value, list(options), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
 
 
 def _unit_hash(shas: pd.Series, seed: int) -> np.ndarray:
@@ -160,7 +155,7 @@ def check_scenario(data: ImageTable, cfg: ScenarioConfig) -> None:
     classes = data.classes
     if cfg.forget_class not in classes:
         raise DataError(f"scenario.forget_class {cfg.forget_class!r} is not a class of the data"
-                        f"{_suggest(cfg.forget_class, classes)}; classes: "
+                        f"{did_you_mean(cfg.forget_class, classes)}; classes: "
                         f"{', '.join(classes[:30])}")
     for c in cfg.retain_classes:
         if c == cfg.forget_class:
@@ -168,12 +163,12 @@ def check_scenario(data: ImageTable, cfg: ScenarioConfig) -> None:
                             "subgroups are retained already")
         if c not in classes:
             raise DataError(f"scenario.retain_classes names {c!r}, which is not a class of the "
-                            f"data{_suggest(c, classes)}")
+                            f"data{did_you_mean(c, classes)}")
     trained = {cfg.forget_class, *cfg.retain_classes, *_synset_classes(cfg, classes)}
     for c in cfg.zeroshot_classes:
         if c not in classes:
             raise DataError(f"scenario.zeroshot_classes names {c!r}, which is not a class of "
-                            f"the data{_suggest(c, classes)}")
+                            f"the data{did_you_mean(c, classes)}")
         if c in trained:
             raise DataError(f"scenario.zeroshot_classes names {c!r}, which a stage trains on")
     table = data.table
@@ -187,7 +182,8 @@ def check_scenario(data: ImageTable, cfg: ScenarioConfig) -> None:
         labels = sorted(set(table.loc[is_class, "subgroup"]))
         if cfg.forget_subgroup not in labels:
             raise DataError(f"scenario.forget_subgroup {cfg.forget_subgroup!r} is not a subgroup "
-                            f"of class {cfg.forget_class!r}{_suggest(cfg.forget_subgroup, labels)}"
+                            f"of class {cfg.forget_class!r}"
+                            f"{did_you_mean(cfg.forget_subgroup, labels)}"
                             f"; subgroups (column): {', '.join(labels)}")
 
 
@@ -244,7 +240,7 @@ def build_scenario(data: ImageTable, cfg: ScenarioConfig,
                             "subgroup of it left to keep")
     else:
         if cfg.forget_subgroup not in subgroups:
-            hint = _suggest(cfg.forget_subgroup, subgroups)
+            hint = did_you_mean(cfg.forget_subgroup, subgroups)
             raise DataError(f"scenario.forget_subgroup {cfg.forget_subgroup!r} is not a subgroup "
                             f"of class {cfg.forget_class!r}{hint}"
                             f"; subgroups ({rule}): {', '.join(subgroups)}")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
@@ -22,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from distforget.config import DataConfig
 from distforget.errors import DataError
+from distforget.storage import atomic_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 EVAL_SPLITS = ("test", "val", "validation")
@@ -71,15 +71,8 @@ def sha_of(data: bytes) -> str:
 
 def save_atomic_npy(path: Path, array: np.ndarray) -> None:
     """Write ``array`` to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, array)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        np.save(f, array)
 
 
 def _to_square(img: Image.Image, size: int) -> Image.Image:
@@ -305,11 +298,9 @@ def read_generated(cfg: DataConfig, cache_dir: Path) -> ImageTable:
                              test_per_subgroup=g.test_per_subgroup,
                              image_size=g.image_size, seed=g.seed)
     result = from_arrays(images, table)
-    tab_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = tab_path.with_suffix(".parquet.tmp")
-    result.table.to_parquet(tmp, index=False)
     save_atomic_npy(img_path, result.images)
-    os.replace(tmp, tab_path)
+    with atomic_path(tab_path) as tmp:  # the table last: both files present = complete
+        result.table.to_parquet(tmp, index=False)
     return result
 
 
