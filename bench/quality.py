@@ -12,7 +12,12 @@ says nothing of the retained subgroups, so a second table per scenario picks eac
 point under ``forget_acc<=0.05, retain_acc>=0.9*base, max zeroshot_acc`` from the same points
 (the targeted forgetting the method is for: the rest of the class kept).
 
+Before the searches, each scenario's first table runs every method once at its default settings
+(the scenario config's, as ``python -m distforget.unlearn``) against the quality target:
+``forget_acc <= 0.05``, ``retain_acc >= 0.9 * base``, ``zeroshot_acc >= 0.95 * base``.
+
     python bench/quality.py                          # 2 CPU cores: about half an hour
+    python bench/quality.py --defaults-only          # the default-settings tables only
     python bench/quality.py --full --device cuda     # more trials
 """
 
@@ -36,8 +41,12 @@ from distforget.pareto import normalized_hypervolume, parse_rule, pick, usable  
 from distforget.prepare import prepare  # noqa: E402
 from distforget.search_space import load_space  # noqa: E402
 from distforget.trial import StageCache  # noqa: E402
+from distforget.unlearn import unlearn  # noqa: E402
 
 RULE = "forget_acc<=0.05, max zeroshot_acc"
+# The quality target: forget_acc at most 5%, retain_acc at least 90% and zeroshot_acc at least
+# 95% of the base model's.
+TARGET = (0.05, 0.90, 0.95)
 METHODS = ("three_stage", "ft", "ga", "rl", "neggrad", "salun")
 
 
@@ -85,6 +94,25 @@ def print_table(base: dict, rows_by_method: dict[str, pd.DataFrame], rule: str,
               f"{walls[method]:.0f} |", flush=True)
 
 
+def meets_target(row: dict, base: dict) -> bool:
+    f, r, z = TARGET
+    return (row["forget_acc"] <= f and row["retain_acc"] >= r * base["retain_acc"]
+            and row["zeroshot_acc"] >= z * base["zeroshot_acc"])
+
+
+def print_defaults(records: list[dict], base: dict) -> None:
+    """Each method once at its default settings (the config's), as ``distforget.unlearn``."""
+    f, r, z = TARGET
+    print(f"\ndefault settings (`python -m distforget.unlearn`); target forget_acc<={f}, "
+          f"retain_acc>={r * base['retain_acc']:.3f}, zeroshot_acc>={z * base['zeroshot_acc']:.3f}"
+          "\n\n| method | forget_acc | retain_acc | zeroshot_acc | alpha | meets target | wall s |"
+          "\n| --- | --- | --- | --- | --- | --- | --- |")
+    for rec in records:
+        print(f"| {rec['method']} | {rec['forget_acc']:.3f} | {rec['retain_acc']:.3f} | "
+              f"{rec['zeroshot_acc']:.3f} | {rec['alpha']:.2f} | "
+              f"{'yes' if meets_target(rec, base) else 'no'} | {rec['wall_s']:.0f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=None, help="per method (default 6; 24 "
@@ -93,6 +121,8 @@ def main() -> None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
     parser.add_argument("--only", default=None, help="run scenarios whose name contains this")
+    parser.add_argument("--defaults-only", action="store_true",
+                        help="only the default-settings table (no searches)")
     parser.add_argument("--out", default=str(ROOT / "bench" / "out"),
                         help="folder for each scenario's results table")
     args = parser.parse_args()
@@ -112,6 +142,11 @@ def main() -> None:
         base = prepared.base_metrics
         print(f"\n### {name}\n\nsplits {prepared.info['splits']}; subgroups by "
               f"{prepared.info['subgroup_rule']}; prepare {prep_s:.0f} s\n")
+        records = unlearn(cfg, list(METHODS) + ["base"], device=device, out_dir=None,
+                          log=lambda m: None, prepared=prepared)
+        print_defaults(records, base)
+        if args.defaults_only:
+            continue
         cache = StageCache()
         tables, walls = {}, {}
         for method in METHODS:

@@ -158,6 +158,9 @@ class RemindConfig:
     # Weight of the forget stage's margin loss on the forget images during remind (0: the
     # paper's remind stage, which sees retained images only).
     forget_weight: float = knob(0.0, ge=0)
+    # The forget term's loss and margin (as forget.loss / forget.margin), when forget_weight > 0.
+    forget_loss: Literal["similarity", "margin", "ce_away", "distill"] = "margin"
+    forget_margin: float = knob(0.05, ge=0)
     # Synthetic images whose batch statistics match the stored BatchNorm statistics, added to the
     # distillation set (BatchNorm backbones such as RN50 only); 0 disables it, null means 256
     # for an image tower with BatchNorm layers and 0 for one without.

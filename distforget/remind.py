@@ -1,13 +1,16 @@
 """Stage 2, remind: cross-entropy on retained images plus distillation from the base model.
 
 ``loss = CE(student, y) + lambda_kd * T^2 * KL(softmax(teacher / T) || softmax(student / T))``
-over the zero-shot head (plus, when ``remind.forget_weight`` > 0, that weight times the forget
-stage's margin loss on the forget images, so that restoring the retained subgroups does not
-restore the forgotten one; 0, the default, is the paper's remind stage). The distillation set
-is the retain training images (their teacher logits were computed once, in ``prepare``) plus,
-for BatchNorm image towers, optional synthetic images optimised so that their batch statistics
-match the BN layers' stored statistics: they stand in for the pre-training distribution that
-the stages never see. Optional weight EMA.
+over the zero-shot head (plus, when ``remind.forget_weight`` > 0, that weight times a forget
+term on the forget images, so that restoring the retained subgroups does not restore the
+forgotten one; 0, the default, is the paper's remind stage). The forget term is one of the
+forget stage's losses (``remind.forget_loss`` margin, similarity or ce_away) or ``distill``:
+distillation towards the base model's logits for the image with its own class taken out, so the
+image moves to where the base model would put it without that class rather than anywhere away.
+The distillation set is the retain training images (their teacher logits were computed once,
+in ``prepare``) plus, for BatchNorm image towers, optional synthetic images optimised so that
+their batch statistics match the BN layers' stored statistics: they stand in for the
+pre-training distribution that the stages never see. Optional weight EMA.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from distforget.config import RemindConfig
 from distforget.errors import ConfigError
+from distforget.evaluate import image_features
 from distforget.forget import forget_loss
 from distforget.prepare import Prepared
 from distforget.training import (Parallel, StageHooks, StageOutput, autocast, batch_scale,
@@ -32,7 +36,6 @@ from distforget.training import (Parallel, StageHooks, StageOutput, autocast, ba
 
 AUTO_BN_ALIGN_IMAGES = 256
 RETAIN, SYNTHETIC, FORGET = 0, 1, 2  # roles of the images a remind step draws from
-REMIND_MARGIN = 0.05  # margin of the forget term when remind.forget_weight > 0
 
 
 def batchnorm_layers(visual: torch.nn.Module) -> list[torch.nn.Module]:
@@ -134,7 +137,6 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
         with torch.no_grad(), autocast(device, precision):
             feats = F.normalize(base(prep(synth)).float(), dim=-1)
         synth_teacher = (prepared.logit_scale * feats @ head.T).float().cpu().numpy()
-    del base
     synthetic = count
     if count:
         images.append(synth)
@@ -145,8 +147,18 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
         f = prepared.split("forget_train")
         images.append(prepared.images[f.indices])
         labels.append(f.labels)
-        teacher.append(np.zeros((len(f), teacher[0].shape[1]), np.float32))
+        if cfg.forget_loss == "distill":
+            # The base model's view of the forget images with their own class taken out.
+            with torch.no_grad():
+                feats = image_features(base.to(device), prepared.images[f.indices], prep,
+                                       precision=precision)
+            away = (prepared.logit_scale * feats @ head.T).float().cpu().numpy()
+            away[np.arange(len(f)), f.labels] = -1e4
+            teacher.append(away)
+        else:
+            teacher.append(np.zeros((len(f), teacher[0].shape[1]), np.float32))
         roles.append(np.full(len(f), FORGET))
+    del base
     kd_images, kd_labels, roles = (np.concatenate(images), np.concatenate(labels),
                                    np.concatenate(roles))
 
@@ -174,19 +186,24 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
         # never waits for the device): retained images take cross-entropy and distillation,
         # synthetic ones distillation only, forget images the forget stage's margin loss.
         ce = (F.cross_entropy(logits, y, reduction="none") * (role == RETAIN)).sum()
-        kd = (distillation_loss(logits, teacher_t[idx], cfg.temperature)
-              * (role != FORGET)).sum()
+        kd_all = distillation_loss(logits, teacher_t[idx], cfg.temperature)
+        kd = (kd_all * (role != FORGET)).sum()
         loss = ce + cfg.lambda_kd * kd
         if cfg.forget_weight:
-            away = forget_loss(feats, head, y, prepared.logit_scale, "margin", REMIND_MARGIN)
+            away = kd_all if cfg.forget_loss == "distill" else forget_loss(
+                feats, head, y, prepared.logit_scale, cfg.forget_loss, cfg.forget_margin)
             loss = loss + cfg.forget_weight * (away * (role == FORGET)).sum()
         return loss * batch_scale(parallel, len(global_batch))
 
     def end_epoch(epoch: int) -> tuple[dict, bool]:
-        real = roles == RETAIN
-        acc = sharded_accuracy(ema.module if ema else visual, kd_images[real], kd_labels[real],
-                               head, prep, parallel, precision)
-        return {"train_retain_acc": acc}, False
+        model = ema.module if ema else visual
+        metrics = {}
+        for name, role in (("train_retain_acc", RETAIN), ("train_forget_acc", FORGET)):
+            rows = roles == role
+            if rows.any():
+                metrics[name] = sharded_accuracy(model, kd_images[rows], kd_labels[rows], head,
+                                                 prep, parallel, precision)
+        return metrics, False
 
     snapshot, restore = snapshotter(visual=visual, optimizer=opt,
                                     **({"ema": ema} if ema is not None else {}))

@@ -30,14 +30,15 @@ def write_json_atomic(path: Path, data) -> None:
 
 
 def unlearn(cfg: RunConfig, methods: list[str], *, device: torch.device, out_dir: Path | None,
-            log=print) -> list[dict]:
-    """Run each method on one set of prepared inputs; returns one record per method."""
+            log=print, prepared=None) -> list[dict]:
+    """Run each method on one set of prepared inputs (made from ``cfg`` unless given); returns
+    one record per method."""
     from distforget.checkpoint import write_checkpoint
     from distforget.prepare import prepare
     from distforget.trial import (StageCache, local_evaluator, local_launcher, recipe_state,
                                   run_trial)
 
-    prepared = prepare(cfg, device, log=log)
+    prepared = prepared if prepared is not None else prepare(cfg, device, log=log)
     log(f"scenario: forget {cfg.scenario.forget_class}/{cfg.scenario.forget_subgroup}; "
         f"splits {prepared.info['splits']}")
     cache = StageCache()

@@ -114,3 +114,64 @@ def test_distillation_loss_is_zero_for_equal_logits_and_positive_otherwise():
     kl = torch.nn.functional.kl_div(torch.log_softmax(s / 2, -1), torch.softmax(t / 2, -1),
                                     reduction="sum")
     assert distillation_loss(s, t, 2.0).item() == pytest.approx(4 * kl.item(), rel=1e-5)
+
+
+def _forget_acc(prepared, out, cpu) -> tuple[float, torch.Tensor]:
+    visual = prepared.model(out.state).visual.eval()
+    f = prepared.split("forget_train")
+    with torch.no_grad():
+        feats = torch.nn.functional.normalize(
+            visual(prepared.preprocess(cpu)(prepared.images[f.indices])), dim=-1)
+    pred = (feats @ prepared.head_tensor(cpu).T).argmax(-1)
+    return (pred == torch.as_tensor(f.labels)).float().mean().item(), pred
+
+
+@pytest.mark.parametrize("loss", ["margin", "distill"])
+def test_forget_term_keeps_the_forget_subgroup_away(tiny_prepared, forgotten, cpu, loss):
+    """Without a forget term the remind stage gives the forget images their class back; with
+    one (either loss) it does not, and the history reports their training accuracy."""
+    knobs = dict(epochs=3, lr=3e-3, layers="all", bn_align_images=0, ema_decay=None,
+                 forget_loss=loss)
+    plain = run_remind(tiny_prepared, RemindConfig(**knobs), forgotten, device=cpu)
+    away = run_remind(tiny_prepared, RemindConfig(forget_weight=10.0, **knobs), forgotten,
+                      device=cpu)
+    plain_acc, _ = _forget_acc(tiny_prepared, plain, cpu)
+    away_acc, _ = _forget_acc(tiny_prepared, away, cpu)
+    assert away_acc < plain_acc - 0.3
+    assert "train_forget_acc" not in plain.meta["history"][-1]
+    assert away.meta["history"][-1]["train_forget_acc"] == pytest.approx(away_acc, abs=1e-6)
+
+
+def test_distill_forget_term_uses_the_base_logits_without_the_class(tiny_prepared, forgotten,
+                                                                    cpu, monkeypatch):
+    """``distill`` distils each forget image towards the base model's logits for it with its
+    own class taken out (and nothing else changes the stored retain teacher)."""
+    import distforget.remind as remind
+
+    p = tiny_prepared
+    f = p.split("forget_train")
+    with torch.no_grad():
+        feats = torch.nn.functional.normalize(
+            p.model().visual.eval()(p.preprocess(cpu)(p.images[f.indices])), dim=-1)
+    base = (p.logit_scale * feats @ p.head_tensor(cpu).T).numpy()
+    seen = []
+    real = remind.distillation_loss
+
+    def recording(student, teacher, temperature):
+        seen.append(teacher.detach().numpy().copy())
+        return real(student, teacher, temperature)
+
+    monkeypatch.setattr(remind, "distillation_loss", recording)
+    run_remind(p, RemindConfig(epochs=1, bn_align_images=0, forget_weight=1.0,
+                               forget_loss="distill"), forgotten, device=cpu)
+    rows = np.concatenate(seen)
+    masked = rows[(rows < -1e3).any(axis=1)]
+    assert len(masked) == len(f)
+    assert ((masked < -1e3).sum(axis=1) == 1).all()
+    assert (masked.argmin(axis=1) == p.scenario.forget_label).all()
+    keep = np.ones(base.shape[1], bool)
+    keep[p.scenario.forget_label] = False
+    expected = {tuple(np.round(r[keep], 3)) for r in base}
+    assert {tuple(np.round(r[keep], 3)) for r in masked} == expected
+    retain_rows = rows[~(rows < -1e3).any(axis=1)]
+    assert np.allclose(np.sort(retain_rows, axis=0), np.sort(p.teacher_logits, axis=0))
