@@ -16,7 +16,7 @@ Before the searches, each scenario's first table runs every method once at its d
 (the scenario config's, as ``python -m distforget.unlearn``) against the quality target:
 ``forget_acc <= 0.05``, ``retain_acc >= 0.9 * base``, ``zeroshot_acc >= 0.95 * base``.
 
-    python bench/quality.py                          # 2 CPU cores: about half an hour
+    python bench/quality.py                          # 2 CPU cores: about 40 minutes
     python bench/quality.py --defaults-only          # the default-settings tables only
     python bench/quality.py --full --device cuda     # more trials
 """
