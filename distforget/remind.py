@@ -128,15 +128,18 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
 
     base = prepared.model().visual
     count = bn_align_count(cfg, base)
+
+    def base_logits(batch: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            feats = image_features(base.to(device), batch, prep, precision=precision)
+        return (prepared.logit_scale * feats @ head.T).float().cpu().numpy()
+
     if count and prepared.synthetic_key == (count, cfg.bn_align_steps, cfg.seed):
         synth, synth_teacher = prepared.synthetic, prepared.synthetic_teacher
     elif count:  # knobs differ from the run's shared set: make this stage's own
-        base = base.to(device)
-        synth = bn_aligned_images(base, prep, count=count,
+        synth = bn_aligned_images(base.to(device), prep, count=count,
                                   steps=cfg.bn_align_steps, seed=cfg.seed)
-        with torch.no_grad(), autocast(device, precision):
-            feats = F.normalize(base(prep(synth)).float(), dim=-1)
-        synth_teacher = (prepared.logit_scale * feats @ head.T).float().cpu().numpy()
+        synth_teacher = base_logits(synth)
     synthetic = count
     if count:
         images.append(synth)
@@ -149,16 +152,13 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
         labels.append(f.labels)
         if cfg.forget_loss == "distill":
             # The base model's view of the forget images with their own class taken out.
-            with torch.no_grad():
-                feats = image_features(base.to(device), prepared.images[f.indices], prep,
-                                       precision=precision)
-            away = (prepared.logit_scale * feats @ head.T).float().cpu().numpy()
+            away = base_logits(prepared.images[f.indices])
             away[np.arange(len(f)), f.labels] = -1e4
             teacher.append(away)
         else:
             teacher.append(np.zeros((len(f), teacher[0].shape[1]), np.float32))
         roles.append(np.full(len(f), FORGET))
-    del base
+    base = None  # the base tower is not needed while training
     kd_images, kd_labels, roles = (np.concatenate(images), np.concatenate(labels),
                                    np.concatenate(roles))
 
@@ -184,7 +184,7 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
         y, role = labels_t[idx], roles_t[idx]
         # Each image's role weighs its terms (weights, not a boolean selection, so the host
         # never waits for the device): retained images take cross-entropy and distillation,
-        # synthetic ones distillation only, forget images the forget stage's margin loss.
+        # synthetic ones distillation only, forget images the forget term.
         ce = (F.cross_entropy(logits, y, reduction="none") * (role == RETAIN)).sum()
         kd_all = distillation_loss(logits, teacher_t[idx], cfg.temperature)
         kd = (kd_all * (role != FORGET)).sum()
