@@ -16,8 +16,10 @@ from distforget.config import RunConfig
 from distforget.prepare import Prepared
 from distforget.results import rows_from_record
 from distforget.search_space import SearchSpace
-from distforget.study import DIRECTIONS, add_sweep_points, make_sampler, objective_values
-from distforget.trial import StageCache, local_evaluator, local_launcher, run_trial
+from distforget.objectives import DIRECTIONS
+from distforget.study import add_sweep_points, make_sampler, objective_values
+from distforget.trial import (StageCache, local_evaluator, local_launcher, run_trial,
+                              trial_record)
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -33,21 +35,18 @@ def local_search(prepared: Prepared, base: RunConfig, space: SearchSpace, *, tri
     rows = []
     for i in range(trials):
         ot = study.ask(space.params)
-        record = {"trial_id": f"{sampler}-{seed}-{i:03d}", "source": "trial", "status": "ok",
-                  "params": dict(ot.params), "parent_id": None, "error": None,
-                  "method": space.method, "order": i}
+        ident = {"trial_id": f"{sampler}-{seed}-{i:03d}", "source": "trial",
+                 "method": space.method, "params": dict(ot.params)}
         start = time.perf_counter()
         try:
             cfg = space.trial_config(base, ot.params)
             result = run_trial(prepared, cfg, launch=launch, cache=cache, evaluate=evaluate,
                                sweep=space.sweep)
         except Exception as exc:  # a failed trial is recorded, the search goes on
-            record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
+            record = trial_record(**ident, error=f"{type(exc).__name__}: {exc}")
             study.tell(ot, state=optuna.trial.TrialState.FAIL)
         else:
-            record.update(result.record())
-            record["sweep"] = [{"recipe": r.to_dict(), "metrics": m} for r, m in result.sweep]
-            record["recipe"] = result.recipe.to_dict()
+            record = trial_record(**ident, result=result)
             values = objective_values(record)
             if values is None:
                 study.tell(ot, state=optuna.trial.TrialState.FAIL)

@@ -36,7 +36,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import machine  # noqa: E402
 from bench.local_search import local_search  # noqa: E402
 from distforget.cli import pick_device  # noqa: E402
-from distforget.config import load_config  # noqa: E402
+from distforget.config import BASELINES, load_config  # noqa: E402
 from distforget.pareto import normalized_hypervolume, parse_rule, pick, usable  # noqa: E402
 from distforget.prepare import prepare  # noqa: E402
 from distforget.search_space import load_space  # noqa: E402
@@ -47,7 +47,7 @@ RULE = "forget_acc<=0.05, max zeroshot_acc"
 # The quality target: forget_acc at most 5%, retain_acc at least 90% and zeroshot_acc at least
 # 95% of the base model's.
 TARGET = (0.05, 0.90, 0.95)
-METHODS = ("three_stage", "ft", "ga", "rl", "neggrad", "salun")
+METHODS = ("three_stage", *BASELINES)
 
 
 def scenarios(data_path: str) -> dict[str, tuple[str | None, dict, str]]:

@@ -19,15 +19,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from distforget.config import BaselineConfig
+from distforget.config import BASELINES, BaselineConfig
 from distforget.prepare import Prepared
 from distforget.training import (Parallel, StageHooks, StageOutput, autocast, device_index,
-                                 global_batches,
-                                 snapshotter, run_epochs, set_trainable,
-                                 sharded_accuracy, train_mode, visual_state, wrap_ddp,
-                                 maybe_compile)
-
-BASELINE_METHODS = ("ft", "ga", "rl", "neggrad", "salun")
+                                 embed, global_batches, maybe_compile, run_epochs,
+                                 set_trainable, sharded_accuracy, snapshotter, train_mode,
+                                 visual_state, wrap_ddp)
 
 
 def random_other_labels(labels: np.ndarray, num_classes: int, seed: int, epoch: int) -> np.ndarray:
@@ -47,7 +44,7 @@ def saliency_masks(visual, head, prep, images: np.ndarray, labels: np.ndarray, s
     for i in range(0, len(idx), batch_size):
         sel = idx[i:i + batch_size]
         with autocast(prep.device, precision):
-            feats = F.normalize(visual(prep(images[sel])).float(), dim=-1)
+            feats = embed(visual, prep(images[sel]))
         F.cross_entropy(scale * feats @ head.T, y[sel], reduction="sum").backward()
     grads = {n: (p.grad if p.grad is not None else torch.zeros_like(p)).detach().abs()
              for n, p in params.items()}
@@ -65,8 +62,8 @@ def run_baseline(prepared: Prepared, method: str, cfg: BaselineConfig, *, device
                  parallel: Parallel | None = None,
                  hooks: StageHooks = StageHooks()) -> StageOutput:
     """Run one baseline (``ft``, ``ga``, ``rl``, ``neggrad`` or ``salun``) on the whole tower."""
-    if method not in BASELINE_METHODS:
-        raise ValueError(f"unknown baseline {method!r}; expected one of {BASELINE_METHODS}")
+    if method not in BASELINES:
+        raise ValueError(f"unknown baseline {method!r}; expected one of {BASELINES}")
     start = time.perf_counter()
     parallel = parallel or Parallel.current()
     torch.manual_seed(cfg.seed)
@@ -114,7 +111,7 @@ def run_baseline(prepared: Prepared, method: str, cfg: BaselineConfig, *, device
         n_forget = max(1, int(is_forget[global_batch].sum()))
         n_retain = max(1, int((~is_forget[global_batch]).sum()))
         with autocast(device, precision):
-            feats = F.normalize(module(prep(images[local])).float(), dim=-1)
+            feats = embed(module, prep(images[local]))
         logits = scale * feats @ head.T
         idx = device_index(local, device)
         ce = F.cross_entropy(logits, current["labels"][idx], reduction="none")

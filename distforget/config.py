@@ -20,8 +20,11 @@ import yaml
 
 from distforget.errors import ConfigError
 
-METHODS = ("three_stage", "ft", "ga", "rl", "neggrad", "salun", "base")
-BASELINES = ("ft", "ga", "rl", "neggrad", "salun")
+# Method names, declared once: the types check config values; the tuples serve everything else.
+Baseline = Literal["ft", "ga", "rl", "neggrad", "salun"]
+Method = Literal["three_stage", "ft", "ga", "rl", "neggrad", "salun", "base"]
+BASELINES: tuple[str, ...] = typing.get_args(Baseline)
+METHODS: tuple[str, ...] = typing.get_args(Method)
 
 
 def knob(default: Any, *, ge: float | None = None, gt: float | None = None,
@@ -216,7 +219,7 @@ class SearchConfig:
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     seed: int = 0
     # Baselines run once each with their default knobs and are marked in the report.
-    baselines: tuple[str, ...] = BASELINES
+    baselines: tuple[Baseline, ...] = BASELINES
     # Rule that picks the exported point: "knee", or constraints then an objective, e.g.
     # "forget_acc<=0.05, max zeroshot_acc".
     pick: str = "knee"
@@ -254,7 +257,7 @@ class OutputConfig:
 class RunConfig:
     """Everything one run (a single trial or a search) needs; saved beside every result."""
 
-    method: Literal["three_stage", "ft", "ga", "rl", "neggrad", "salun", "base"] = "three_stage"
+    method: Method = "three_stage"
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -24,27 +24,32 @@ import torch
 import torch.nn.functional as F
 
 from distforget.data.transforms import DevicePreprocess
-from distforget.training import autocast, train_mode
+from distforget.training import autocast, embed, eval_mode
 
-METRICS = ("forget_acc", "retain_acc", "zeroshot_acc", "forget_sim", "mia_auc")
-OBJECTIVES = {"forget_acc": "min", "retain_acc": "max", "zeroshot_acc": "max"}
 
 
 @torch.no_grad()
 def image_features(visual: torch.nn.Module, images: np.ndarray, prep: DevicePreprocess, *,
                    batch_size: int = 512, precision: str = "auto") -> torch.Tensor:
     """L2-normalised image embeddings [N, D] in fp32 on the preprocessing device."""
-    was_training = visual.training
-    visual.eval()
     out = []
-    with autocast(prep.device, precision):
+    with eval_mode(visual), autocast(prep.device, precision):
         for i in range(0, len(images), batch_size):
-            out.append(F.normalize(visual(prep(images[i:i + batch_size])).float(), dim=-1))
-    if was_training:
-        train_mode(visual)
+            out.append(embed(visual, prep(images[i:i + batch_size])))
     if not out:
         return torch.empty(0, 0, device=prep.device)
     return torch.cat(out)
+
+
+def zero_shot_logits(visual: torch.nn.Module, images: np.ndarray, prep: DevicePreprocess,
+                     head: torch.Tensor, logit_scale: float, *, precision: str = "auto"
+                     ) -> np.ndarray:
+    """``logit_scale * features @ head.T`` for ``images`` as fp32 numpy: a frozen model's
+    teacher outputs (retain images, synthetic images, forget images)."""
+    feats = image_features(visual, images, prep, precision=precision)
+    if len(feats) == 0:
+        return np.zeros((0, head.shape[0]), np.float32)
+    return (logit_scale * feats @ head.to(feats.device).T).float().cpu().numpy()
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:

@@ -26,15 +26,15 @@ from distforget.cli import run_cli
 from distforget.errors import ConfigError
 from distforget.model import ModelSpec
 from distforget.pareto import pick
-from distforget.report import read_run_info
-from distforget.results import read_results
+from distforget.run_folder import RunFolder
 from distforget.trial import Recipe, StageCache, recipe_state
 
 
 def select(run: str, *, rule: str | None = None, trial: str | None = None
            ) -> tuple[pd.Series, str]:
     """The row of ``results.parquet`` a rule picks, or the named trial, and why."""
-    results = read_results(storage.join(run, "results.parquet"))
+    folder = RunFolder(run)
+    results = folder.read_results()
     if results.empty:
         raise ConfigError(f"run {run!r} has no results yet")
     if trial is not None:
@@ -46,20 +46,21 @@ def select(run: str, *, rule: str | None = None, trial: str | None = None
         if row["status"] != "ok":
             raise ConfigError(f"trial {trial!r} did not finish: {row.get('error')}")
         return row, f"named by the user (--trial {trial})"
-    rule = rule or read_run_info(run)["config"]["search"]["pick"]
+    rule = rule or folder.read_info()["config"]["search"]["pick"]
     method_rows = results[results["source"].isin(["trial", "sweep"])]
     return pick(method_rows, rule)
 
 
 def export_point(run: str, row: Mapping[str, Any], out: str, why: str = "") -> str:
     """Write the checkpoint of one results row to ``out`` (a local path or a URI)."""
-    info = read_run_info(run)
+    folder = RunFolder(run)
+    info = folder.read_info()
     spec = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v
                         for k, v in info["model"].items()})
-    full = load_safetensors(storage.read_bytes(storage.join(run, "base.safetensors")))
+    full = load_safetensors(storage.read_bytes(folder.base_weights))
     base_visual = {k: v for k, v in full.items() if k.startswith("visual.")}
     recipe = Recipe.from_dict(json.loads(row["recipe"]))
-    state = {**full, **recipe_state(base_visual, StageCache(storage.join(run, "stages")),
+    state = {**full, **recipe_state(base_visual, StageCache(folder.stages),
                                     recipe)}
     metric_keys = [k for k in row.keys() if k.endswith(("_acc", "_sim", "_auc"))]
     record = {"recipe": recipe.to_dict(), "trial_id": row["trial_id"], "why": why,

@@ -16,17 +16,16 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 
 from distforget.config import ForgetConfig
+from distforget.losses import forget_loss
 from distforget.prepare import Prepared
 from distforget.training import (Parallel, StageHooks, StageOutput, autocast, batch_scale,
-                                 device_index, global_batches, image_layers,
-                                 snapshotter,
-                                 run_epochs, set_trainable, sharded_accuracy, train_mode,
-                                 visual_state, wrap_ddp, maybe_compile)
+                                 device_index, embed, eval_mode, global_batches, image_layers,
+                                 maybe_compile, run_epochs, set_trainable, sharded_accuracy,
+                                 snapshotter, train_mode, visual_state, wrap_ddp)
 
 
 def relative_fisher(visual: nn.Module, head: torch.Tensor, prep, images: np.ndarray,
@@ -43,8 +42,6 @@ def relative_fisher(visual: nn.Module, head: torch.Tensor, prep, images: np.ndar
     saved = {n: p.requires_grad for n, p in params.items()}
     for p in params.values():
         p.requires_grad_(True)
-    was_training = visual.training
-    visual.eval()
 
     def fisher(rows: np.ndarray, labels: np.ndarray) -> torch.Tensor:
         n = min(samples, len(rows))
@@ -52,7 +49,7 @@ def relative_fisher(visual: nn.Module, head: torch.Tensor, prep, images: np.ndar
         for i in parallel.shard(np.arange(n)):
             visual.zero_grad(set_to_none=True)
             with autocast(prep.device, precision):
-                feat = F.normalize(visual(prep(images[rows[i:i + 1]])).float(), dim=-1)
+                feat = embed(visual, prep(images[rows[i:i + 1]]))
             (feat[0] @ head[int(labels[i])]).backward()
             for j, (layer, names) in enumerate(layers.items()):
                 sq = sum(params[k].grad.double().pow(2).sum() for k in names
@@ -61,13 +58,12 @@ def relative_fisher(visual: nn.Module, head: torch.Tensor, prep, images: np.ndar
         parallel.all_reduce(acc)
         return acc / max(1, n)
 
-    f_forget = fisher(*forget)
-    f_retain = fisher(*retain)
+    with eval_mode(visual):
+        f_forget = fisher(*forget)
+        f_retain = fisher(*retain)
     visual.zero_grad(set_to_none=True)
     for n, p in params.items():
         p.requires_grad_(saved[n])
-    if was_training:
-        train_mode(visual)
     eps = 1e-12 * float(f_retain.max().clamp(min=1e-30))
     ratio = (f_forget / (f_retain + eps)).cpu().tolist()
     return dict(zip(layers, ratio))
@@ -124,26 +120,6 @@ def merge_lora(visual: nn.Module) -> None:
                 parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
 
 
-def forget_loss(feats: torch.Tensor, head: torch.Tensor, labels: torch.Tensor, scale: float,
-                kind: str, margin: float) -> torch.Tensor:
-    """Per-image loss that pushes normalised image features away from their class text.
-
-    similarity: the cosine to the class text; margin: hinge on that cosine until another class
-    leads by ``margin``; ce_away: ``-log(1 - p(class))`` under the zero-shot softmax.
-    """
-    sims = feats @ head.T
-    own = sims.gather(1, labels[:, None]).squeeze(1)
-    if kind == "similarity":
-        return own
-    others = sims.masked_fill(F.one_hot(labels, sims.shape[1]).bool(), float("-inf"))
-    if kind == "margin":
-        return F.relu(own - others.max(dim=1).values + margin)
-    if kind == "ce_away":
-        logits = scale * sims
-        return -(torch.logsumexp(scale * others, dim=1) - torch.logsumexp(logits, dim=1))
-    raise ValueError(f"unknown forget loss {kind!r}")
-
-
 def run_forget(prepared: Prepared, cfg: ForgetConfig, *, device: torch.device,
                precision: str = "auto", compile: bool = False,
                parallel: Parallel | None = None,
@@ -179,7 +155,7 @@ def run_forget(prepared: Prepared, cfg: ForgetConfig, *, device: torch.device,
     def step(global_batch: np.ndarray) -> torch.Tensor:
         local = parallel.shard(global_batch)
         with autocast(device, precision):
-            feats = F.normalize(module(prep(forget_images[local])).float(), dim=-1)
+            feats = embed(module, prep(forget_images[local]))
         loss = forget_loss(feats, head, labels[device_index(local, device)],
                            prepared.logit_scale, cfg.loss, cfg.margin)
         return loss.sum() * batch_scale(parallel, len(global_batch))

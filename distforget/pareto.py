@@ -21,7 +21,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-OBJECTIVES: dict[str, str] = {"forget_acc": "min", "retain_acc": "max", "zeroshot_acc": "max"}
+from distforget.objectives import OBJECTIVES
 
 
 def to_minimize(table: pd.DataFrame, objectives: dict[str, str] = OBJECTIVES) -> np.ndarray:

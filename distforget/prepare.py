@@ -17,14 +17,16 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from distforget.config import RemindConfig, RunConfig
+from distforget.config import RunConfig
 from distforget.data.scenario import (SPLITS, Scenario, Split, build_scenario, check_scenario,
                                       needs_embeddings)
-from distforget.data.sources import default_cache_dir, load_data
+from distforget.data.load import load_data
+from distforget.data.sources import default_cache_dir
 from distforget.data.transforms import DevicePreprocess
-from distforget.evaluate import Evaluator, image_features
+from distforget.evaluate import Evaluator, image_features, zero_shot_logits
 from distforget.model import (ModelSpec, check_model_name, create, load_pretrained,
                               state_to_numpy, tokenizer_for)
+from distforget.synthetic import synthesize
 from distforget.zeroshot import build_head, templates_for
 
 
@@ -132,9 +134,8 @@ def prepare(cfg: RunConfig, device: torch.device, *, cache_dir: Path | None = No
     logit_scale = float(model.logit_scale.exp().item())
 
     retain = scenario.splits["retain_train"]
-    feats = image_features(model.visual, images[retain.indices], prep,
-                           precision=cfg.model.precision)
-    teacher = (logit_scale * feats @ head.T).float().cpu().numpy()
+    teacher = zero_shot_logits(model.visual, images[retain.indices], prep, head, logit_scale,
+                               precision=cfg.model.precision)
 
     splits = {k: (v.indices, v.labels) for k, v in scenario.splits.items()}
     evaluator = Evaluator(images, splits, head, logit_scale, prep, precision=cfg.model.precision)
@@ -159,18 +160,3 @@ def prepare(cfg: RunConfig, device: torch.device, *, cache_dir: Path | None = No
                     teacher_logits=teacher, base_metrics=base_metrics,
                     synthetic=synthetic, synthetic_teacher=synthetic_teacher,
                     synthetic_key=synthetic_key, fingerprint=fingerprint, info=info)
-
-
-def synthesize(visual, prep, head: torch.Tensor, logit_scale: float, cfg: RemindConfig,
-               precision: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
-    """The remind stage's BN-aligned images and their teacher logits, made once per run."""
-    from distforget.remind import bn_align_count, bn_aligned_images
-
-    count = bn_align_count(cfg, visual)
-    key = (count, cfg.bn_align_steps, cfg.seed)
-    if not count:
-        return (np.zeros((0, prep.size, prep.size, 3), np.uint8),
-                np.zeros((0, head.shape[0]), np.float32), key)
-    images = bn_aligned_images(visual, prep, count=count, steps=cfg.bn_align_steps, seed=cfg.seed)
-    feats = image_features(visual, images, prep, precision=precision)
-    return images, (logit_scale * feats @ head.T).float().cpu().numpy(), key

@@ -209,7 +209,7 @@ def pretrained_info(path: Path) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from distforget.cli import add_common_arguments, config_from_args, pick_device, run_cli
-    from distforget.data.sources import load_data
+    from distforget.data.load import load_data
     from distforget.zeroshot import templates_for
 
     parser = argparse.ArgumentParser(

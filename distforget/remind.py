@@ -16,6 +16,7 @@ pre-training distribution that the stages never see. Optional weight EMA.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -23,91 +24,72 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from distforget.config import RemindConfig
-from distforget.errors import ConfigError
-from distforget.evaluate import image_features
-from distforget.forget import forget_loss
+from distforget.evaluate import zero_shot_logits
+from distforget.losses import distillation_loss, forget_loss
 from distforget.prepare import Prepared
+from distforget.synthetic import bn_align_count, bn_aligned_images
 from distforget.training import (Parallel, StageHooks, StageOutput, autocast, batch_scale,
-                                 device_index,
-                                 global_batches, snapshotter, run_epochs,
-                                 set_trainable, sharded_accuracy, train_mode, visual_state,
-                                 wrap_ddp, maybe_compile)
+                                 device_index, embed, global_batches, maybe_compile, run_epochs,
+                                 set_trainable, sharded_accuracy, snapshotter, train_mode,
+                                 visual_state, wrap_ddp)
 
 
-AUTO_BN_ALIGN_IMAGES = 256
 RETAIN, SYNTHETIC, FORGET = 0, 1, 2  # roles of the images a remind step draws from
 
 
-def batchnorm_layers(visual: torch.nn.Module) -> list[torch.nn.Module]:
-    return [m for m in visual.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+@dataclass(frozen=True)
+class DistillationSet:
+    """What a remind step draws from: images, labels (-1 for synthetic ones), each image's role
+    and its teacher logits."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    roles: np.ndarray
+    teacher: np.ndarray
+
+    @property
+    def synthetic(self) -> int:
+        return int((self.roles == SYNTHETIC).sum())
 
 
-def bn_align_count(cfg: RemindConfig, visual: torch.nn.Module) -> int:
-    """How many BN-aligned images the remind stage distils on (``null`` = auto)."""
-    if cfg.bn_align_images is None:
-        return AUTO_BN_ALIGN_IMAGES if batchnorm_layers(visual) else 0
-    if cfg.bn_align_images and not batchnorm_layers(visual):
-        raise ConfigError("remind.bn_align_images needs an image tower with BatchNorm layers "
-                          "(an RN model); this model has none: set it to 0 or null")
-    return cfg.bn_align_images
+def distillation_set(prepared: Prepared, cfg: RemindConfig, device: torch.device,
+                     precision: str = "auto") -> DistillationSet:
+    """The retain training images with their teacher logits (computed once, in ``prepare``),
+    the BN-aligned synthetic images for BatchNorm towers, and, when ``cfg.forget_weight`` > 0,
+    the forget training images with their forget-term targets."""
+    prep = prepared.preprocess(device)
+    head = prepared.head_tensor(device)
+    r = prepared.split("retain_train")
+    parts = [(prepared.images[r.indices], r.labels, RETAIN, prepared.teacher_logits)]
+    base = prepared.model().visual.to(device)
 
+    def base_logits(batch: np.ndarray) -> np.ndarray:
+        return zero_shot_logits(base, batch, prep, head, prepared.logit_scale,
+                                precision=precision)
 
-def bn_aligned_images(visual: torch.nn.Module, prep, *, count: int, steps: int, seed: int,
-                      lr: float = 0.1) -> np.ndarray:
-    """Synthetic uint8 images whose per-layer batch statistics match the stored BN statistics.
-
-    Starts from seeded noise in normalised input space and minimises, over ``steps`` Adam steps,
-    the squared distance between each BN layer's input mean/variance and its running mean/
-    variance (plus a small total-variation prior for smoothness).
-    """
-    bns = batchnorm_layers(visual)
-    visual.eval()
-    device = prep.device
-    gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(count, 3, prep.size, prep.size, generator=gen).to(device).requires_grad_(True)
-    stats: list[torch.Tensor] = []
-
-    def hook(module, inputs, _output):
-        inp = inputs[0].float()
-        mean = inp.mean(dim=(0, 2, 3))
-        var = inp.var(dim=(0, 2, 3), unbiased=False)
-        stats.append((mean - module.running_mean).pow(2).sum()
-                     + (var - module.running_var).pow(2).sum())
-
-    handles = [bn.register_forward_hook(hook) for bn in bns]
-    opt = torch.optim.Adam([x], lr=lr)
-    params = list(visual.parameters())
-    saved = [p.requires_grad for p in params]
-    for p in params:
-        p.requires_grad_(False)
-    try:
-        for _ in range(steps):
-            stats.clear()
-            visual(x)
-            tv = ((x[..., 1:, :] - x[..., :-1, :]).abs().mean()
-                  + (x[..., 1:] - x[..., :-1]).abs().mean())
-            loss = torch.stack(stats).sum() + 1e-3 * tv
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-    finally:
-        for h in handles:
-            h.remove()
-        for p, s in zip(params, saved):
-            p.requires_grad_(s)
-    with torch.no_grad():
-        img = x.detach() * prep.std + prep.mean
-        img = (img.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
-    return img.cpu().numpy()
-
-
-def distillation_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float
-                      ) -> torch.Tensor:
-    """Per-image ``T^2 * KL(softmax(teacher/T) || softmax(student/T))``."""
-    t = temperature
-    kl = F.kl_div(F.log_softmax(student / t, dim=-1), F.log_softmax(teacher / t, dim=-1),
-                  log_target=True, reduction="none").sum(-1)
-    return t * t * kl
+    count = bn_align_count(cfg, base)
+    if count and prepared.synthetic_key == (count, cfg.bn_align_steps, cfg.seed):
+        parts.append((prepared.synthetic, np.full(count, -1), SYNTHETIC,
+                      prepared.synthetic_teacher))
+    elif count:  # knobs differ from the run's shared set: make this stage's own
+        synth = bn_aligned_images(base, prep, count=count, steps=cfg.bn_align_steps,
+                                  seed=cfg.seed)
+        parts.append((synth, np.full(count, -1), SYNTHETIC, base_logits(synth)))
+    if cfg.forget_weight:
+        f = prepared.split("forget_train")
+        forget_images = prepared.images[f.indices]
+        if cfg.forget_loss == "distill":
+            # The base model's view of the forget images with their own class taken out.
+            targets = base_logits(forget_images)
+            targets[np.arange(len(f)), f.labels] = -1e4
+        else:
+            targets = np.zeros((len(f), len(prepared.classes)), np.float32)
+        parts.append((forget_images, f.labels, FORGET, targets))
+    return DistillationSet(
+        images=np.concatenate([p[0] for p in parts]),
+        labels=np.concatenate([p[1] for p in parts]),
+        roles=np.concatenate([np.full(len(p[0]), p[2]) for p in parts]),
+        teacher=np.concatenate([p[3] for p in parts]).astype(np.float32))
 
 
 def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
@@ -120,47 +102,8 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
     torch.manual_seed(cfg.seed)
     head = prepared.head_tensor(device)
     prep = prepared.preprocess(device)
-    r = prepared.split("retain_train")
-    images = [prepared.images[r.indices]]
-    labels = [r.labels]
-    teacher = [prepared.teacher_logits]
-    roles = [np.full(len(r), RETAIN)]
-
-    base = prepared.model().visual
-    count = bn_align_count(cfg, base)
-
-    def base_logits(batch: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            feats = image_features(base.to(device), batch, prep, precision=precision)
-        return (prepared.logit_scale * feats @ head.T).float().cpu().numpy()
-
-    if count and prepared.synthetic_key == (count, cfg.bn_align_steps, cfg.seed):
-        synth, synth_teacher = prepared.synthetic, prepared.synthetic_teacher
-    elif count:  # knobs differ from the run's shared set: make this stage's own
-        synth = bn_aligned_images(base.to(device), prep, count=count,
-                                  steps=cfg.bn_align_steps, seed=cfg.seed)
-        synth_teacher = base_logits(synth)
-    synthetic = count
-    if count:
-        images.append(synth)
-        labels.append(np.full(len(synth), -1))
-        teacher.append(synth_teacher)
-        roles.append(np.full(len(synth), SYNTHETIC))
-    if cfg.forget_weight:
-        f = prepared.split("forget_train")
-        images.append(prepared.images[f.indices])
-        labels.append(f.labels)
-        if cfg.forget_loss == "distill":
-            # The base model's view of the forget images with their own class taken out.
-            away = base_logits(prepared.images[f.indices])
-            away[np.arange(len(f)), f.labels] = -1e4
-            teacher.append(away)
-        else:
-            teacher.append(np.zeros((len(f), teacher[0].shape[1]), np.float32))
-        roles.append(np.full(len(f), FORGET))
-    base = None  # the base tower is not needed while training
-    kd_images, kd_labels, roles = (np.concatenate(images), np.concatenate(labels),
-                                   np.concatenate(roles))
+    kd = distillation_set(prepared, cfg, device, precision)
+    kd_images, kd_labels, roles = kd.images, kd.labels, kd.roles
 
     visual = prepared.model(upstream.state).visual.to(device)
     layers = upstream.meta.get("layers") if cfg.layers == "forget" else None
@@ -173,12 +116,12 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
                          use_buffers=True) if cfg.ema_decay else None)
     labels_t = torch.tensor(kd_labels, device=device).clamp(min=0)
     roles_t = torch.tensor(roles, device=device)
-    teacher_t = torch.tensor(np.concatenate(teacher), device=device)
+    teacher_t = torch.tensor(kd.teacher, device=device)
 
     def step(global_batch: np.ndarray) -> torch.Tensor:
         local = parallel.shard(global_batch)
         with autocast(device, precision):
-            feats = F.normalize(module(prep(kd_images[local])).float(), dim=-1)
+            feats = embed(module, prep(kd_images[local]))
         logits = prepared.logit_scale * feats @ head.T
         idx = device_index(local, device)
         y, role = labels_t[idx], roles_t[idx]
@@ -187,8 +130,8 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
         # synthetic ones distillation only, forget images the forget term.
         ce = (F.cross_entropy(logits, y, reduction="none") * (role == RETAIN)).sum()
         kd_all = distillation_loss(logits, teacher_t[idx], cfg.temperature)
-        kd = (kd_all * (role != FORGET)).sum()
-        loss = ce + cfg.lambda_kd * kd
+        kd_loss = (kd_all * (role != FORGET)).sum()
+        loss = ce + cfg.lambda_kd * kd_loss
         if cfg.forget_weight:
             away = kd_all if cfg.forget_loss == "distill" else forget_loss(
                 feats, head, y, prepared.logit_scale, cfg.forget_loss, cfg.forget_margin)
@@ -215,6 +158,6 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
         hooks=hooks, parallel=parallel,
         after_step=(lambda: ema.update_parameters(visual)) if ema is not None else None)
     final = ema.module if ema is not None else visual
-    meta = {"stage": "remind", "layers": layers, "synthetic_images": synthetic, **record,
+    meta = {"stage": "remind", "layers": layers, "synthetic_images": kd.synthetic, **record,
             "wall_s": time.perf_counter() - start}
     return StageOutput(state=visual_state(final), meta=meta)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 from typing import Any
 
 import numpy as np
@@ -17,20 +16,13 @@ import pandas as pd
 
 from distforget import storage
 from distforget.cli import run_cli
-from distforget.errors import ConfigError
-from distforget.evaluate import METRICS
-from distforget.pareto import (OBJECTIVES, hypervolume, normalized_hypervolume, pareto_front,
+from distforget.objectives import METRICS, OBJECTIVES
+from distforget.pareto import (hypervolume, normalized_hypervolume, pareto_front,
                                pick, reference_point, to_minimize, usable)
-from distforget.results import read_results, write_table
+from distforget.results import write_table
+from distforget.run_folder import RunFolder
 
 SHOWN = ["trial_id", "source", "forget_acc", "retain_acc", "zeroshot_acc", "mia_auc", "alpha"]
-
-
-def read_run_info(run: str) -> dict[str, Any]:
-    path = storage.join(run, "run.json")
-    if not storage.exists(path):
-        raise ConfigError(f"{run!r} is not a distforget run folder: no run.json")
-    return json.loads(storage.read_bytes(path))
 
 
 def _fmt(v: Any) -> str:
@@ -83,21 +75,22 @@ def plot_front(method_rows: pd.DataFrame, front: pd.DataFrame, chosen: pd.Series
 
 def build_report(run: str, rule: str | None = None) -> dict[str, Any]:
     """Rebuild the front, plot and report of a run; returns the chosen row and why."""
-    info = read_run_info(run)
+    folder = RunFolder(run)
+    info = folder.read_info()
     rule = rule or info["config"]["search"]["pick"]
     base = info["base_metrics"]
-    results = read_results(storage.join(run, "results.parquet"))
+    results = folder.read_results()
     method_rows = results[results["source"].isin(["trial", "sweep"])]
     baselines = usable(results[results["source"] == "baseline"])
     front = pareto_front(method_rows)
-    write_table(storage.join(run, "pareto.parquet"), front)
-    storage.write_bytes(storage.join(run, "pareto.csv"), front.to_csv(index=False).encode())
+    write_table(folder.path(folder.PARETO), front)
+    storage.write_bytes(folder.path(folder.PARETO_CSV), front.to_csv(index=False).encode())
 
     chosen, why = (pick(method_rows, rule) if not usable(method_rows).empty else (None, ""))
     ref = reference_point(base)
     hv_raw = hypervolume(to_minimize(usable(method_rows)), ref)
     hv = normalized_hypervolume(method_rows, base)
-    storage.write_bytes(storage.join(run, "pareto.png"),
+    storage.write_bytes(folder.path(folder.PLOT),
                         plot_front(usable(method_rows), front, chosen, baselines, base))
 
     trials = results[results["source"] == "trial"]
@@ -137,8 +130,8 @@ def build_report(run: str, rule: str | None = None) -> dict[str, Any]:
                   "zeroshot_acc` for a single point), with its normalised hypervolume.", "",
                   markdown_table(pd.DataFrame(rows), ["method"] + SHOWN[2:-1] + ["hypervolume"]),
                   ""]
-    lines += ["![front](pareto.png)", ""]
-    storage.write_bytes(storage.join(run, "report.md"), "\n".join(lines).encode())
+    lines += [f"![front]({folder.PLOT})", ""]
+    storage.write_bytes(folder.report, "\n".join(lines).encode())
     return {"chosen": None if chosen is None else chosen.to_dict(), "why": why, "rule": rule,
             "hypervolume": hv, "front_size": len(front)}
 

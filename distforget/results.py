@@ -17,7 +17,7 @@ from typing import Any, Iterable
 import pandas as pd
 
 from distforget import storage
-from distforget.evaluate import METRICS
+from distforget.objectives import METRICS
 
 FIXED_COLUMNS = (
     ["trial_id", "parent_id", "source", "status", "error", "method", "alpha", "beta"]

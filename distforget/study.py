@@ -8,9 +8,7 @@ import math
 import optuna
 
 from distforget.errors import ConfigError
-from distforget.pareto import OBJECTIVES
-
-DIRECTIONS = ["minimize" if s == "min" else "maximize" for s in OBJECTIVES.values()]
+from distforget.objectives import OBJECTIVES
 
 
 def nsga2_population(num_trials: int) -> int:

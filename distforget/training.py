@@ -167,6 +167,24 @@ def train_mode(visual: torch.nn.Module) -> None:
     freeze_batchnorm(visual)
 
 
+@contextlib.contextmanager
+def eval_mode(visual: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Evaluation mode for the block, then back to ``train_mode`` if the tower was training."""
+    was_training = visual.training
+    visual.eval()
+    try:
+        yield visual
+    finally:
+        if was_training:
+            train_mode(visual)
+
+
+def embed(visual: torch.nn.Module, pixels: torch.Tensor) -> torch.Tensor:
+    """L2-normalised image embeddings in fp32: the one expression every stage and metric uses
+    (call it under ``autocast``; it keeps gradients when the caller does)."""
+    return torch.nn.functional.normalize(visual(pixels).float(), dim=-1)
+
+
 def wrap_ddp(module: torch.nn.Module, parallel: Parallel, device: torch.device):
     """DDP over ``module`` when the group has more than one process."""
     if parallel.world_size == 1:
@@ -301,20 +319,13 @@ def visual_state(visual: torch.nn.Module) -> dict[str, torch.Tensor]:
 def sharded_accuracy(visual: torch.nn.Module, images: np.ndarray, labels: np.ndarray, head,
                      prep, parallel: Parallel, precision: str, batch_size: int = 512) -> float:
     """Top-1 over the zero-shot head on ``images``, split across the group and summed."""
-    import torch.nn.functional as F
-
     idx = parallel.shard(np.arange(len(images)))
     correct = torch.zeros(2, device=prep.device, dtype=torch.float64)
-    was_training = visual.training
-    visual.eval()
-    with autocast(prep.device, precision):
+    with eval_mode(visual), autocast(prep.device, precision):
         for i in range(0, len(idx), batch_size):
             sel = idx[i:i + batch_size]
-            feats = F.normalize(visual(prep(images[sel])).float(), dim=-1)
-            pred = (feats @ head.T).argmax(-1).cpu().numpy()
+            pred = (embed(visual, prep(images[sel])) @ head.T).argmax(-1).cpu().numpy()
             correct[0] += float((pred == labels[sel]).sum())
             correct[1] += len(sel)
-    if was_training:
-        train_mode(visual)
     parallel.all_reduce(correct)
     return (correct[0] / correct[1].clamp(min=1)).item()

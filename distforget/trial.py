@@ -22,7 +22,7 @@ from safetensors.torch import save as save_safetensors
 
 from distforget import storage
 from distforget.config import RunConfig, to_dict
-from distforget.evaluate import METRICS
+from distforget.objectives import METRICS
 from distforget.prepare import Prepared
 from distforget.restore import choose_alpha, soup
 from distforget.training import Parallel, StageHooks, StageOutput
@@ -213,6 +213,21 @@ class TrialResult:
                     "train_steps": sum(s.get("steps", 0) for s in self.stages.values()
                                        if not s["cached"])})
         return rec
+
+
+def trial_record(*, trial_id: str, source: str, method: str, params: dict[str, Any],
+                 result: TrialResult | None = None, error: str | None = None) -> dict[str, Any]:
+    """A trial's record (what ``trials/<id>.json`` holds and ``results.parquet`` rows come
+    from): identity, status, params, and with a result every metric, the recipe, the stages and
+    the extra soups measured."""
+    record: dict[str, Any] = {"trial_id": trial_id, "parent_id": None, "source": source,
+                              "status": "ok" if error is None else "failed", "error": error,
+                              "method": method, "params": params}
+    if result is not None:
+        record.update(result.record())
+        record.update(recipe=result.recipe.to_dict(), stages=result.stages,
+                      sweep=[{"recipe": r.to_dict(), "metrics": m} for r, m in result.sweep])
+    return record
 
 
 def run_trial(prepared: Prepared, cfg: RunConfig, *, launch: Launch, cache: StageCache,

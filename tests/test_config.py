@@ -85,3 +85,8 @@ def test_shipped_configs_load():
 
 def test_the_embedded_config_file_is_the_default():
     assert load_config(ROOT / "configs" / "embedded.yaml") == RunConfig()
+
+
+def test_an_unknown_baseline_is_refused_when_the_config_is_built():
+    with pytest.raises(ConfigError, match=r"search.baselines\[1\].*'sallun'.*'salun'"):
+        load_config(None, {"search.baselines": ["ft", "sallun"]})

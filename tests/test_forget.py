@@ -5,7 +5,8 @@ import torch
 import torch.nn.functional as F
 
 from distforget.config import ForgetConfig
-from distforget.forget import (forget_loss, relative_fisher, run_forget, select_layers)
+from distforget.forget import relative_fisher, run_forget, select_layers
+from distforget.losses import forget_loss
 from distforget.training import StageHooks, image_layers
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import torch
 
 from distforget.config import RunConfig
-from distforget.data.sources import load_data
+from distforget.data.load import load_data
 from distforget.pretrain import caption, caption_targets, ensure_pretrained, pretrained_info
 from distforget.zeroshot import GENERATED_TEMPLATES
 

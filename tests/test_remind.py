@@ -7,7 +7,9 @@ import torch
 from distforget.config import ForgetConfig, RemindConfig
 from distforget.errors import ConfigError
 from distforget.forget import run_forget
-from distforget.remind import bn_align_count, bn_aligned_images, distillation_loss, run_remind
+from distforget.losses import distillation_loss
+from distforget.remind import run_remind
+from distforget.synthetic import bn_align_count, bn_aligned_images
 from distforget.training import image_layers
 
 

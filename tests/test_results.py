@@ -1,18 +1,7 @@
 import json
 
 from distforget.results import append_results, read_results, rows_from_record
-
-
-def record(tid, **over):
-    base = {"trial_id": tid, "source": "trial", "status": "ok", "method": "three_stage",
-            "forget_acc": 0.1, "retain_acc": 0.8, "zeroshot_acc": 0.9, "alpha": 0.5,
-            "beta": 0.0, "params": {"forget.lr": 1e-3, "restore.alpha": 0.5},
-            "recipe": {"method": "three_stage", "stages": {"forget": "k1"}, "alpha": 0.5,
-                       "beta": 0.0},
-            "sweep": [{"recipe": {"method": "three_stage", "stages": {"forget": "k1"},
-                                  "alpha": 1.0, "beta": 0.0},
-                       "metrics": {"forget_acc": 0.0, "retain_acc": 0.7, "zeroshot_acc": 0.8}}]}
-    return {**base, **over}
+from tests.factories import a_record as record
 
 
 def test_a_record_becomes_the_trial_row_and_its_sweep_rows():

@@ -2,7 +2,8 @@ import optuna
 import pytest
 
 from distforget.errors import ConfigError
-from distforget.study import DIRECTIONS, add_sweep_points, make_sampler, nsga2_population
+from distforget.objectives import DIRECTIONS
+from distforget.study import add_sweep_points, make_sampler, nsga2_population
 
 
 def test_nsga2_population_is_a_quarter_of_the_budget_within_bounds():

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from distforget.config import replace
-from distforget.evaluate import METRICS
+from distforget.objectives import METRICS
 from distforget.trial import (Recipe, StageCache, local_evaluator, local_launcher, recipe_state,
                               run_trial)
 

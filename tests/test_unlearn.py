@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from distforget.config import BASELINES
-from distforget.evaluate import METRICS
+from distforget.objectives import METRICS
 
 
 def run(args, cwd, env=None):

@@ -36,7 +36,7 @@ from typing import Mapping
 
 import pandas as pd
 
-from distforget.data.sources import (IMAGE_SUFFIXES, ImageTable, _table, decode_cached,
+from distforget.data.sources import (IMAGE_SUFFIXES, ImageTable, decode_cached, label_table,
                                      sha_of)
 from distforget.errors import DataError, did_you_mean
 
@@ -245,7 +245,7 @@ def _read_folders(root: Path, size: int | None, cache_dir: Path) -> ImageTable:
     shas = [sha_of(f.read_bytes()) for f in files]
     sources = [str(f) for f in files]
     images = decode_cached(lambda i: files[i].read_bytes(), sources, shas, size, cache_dir)
-    table = _table(names, None, pd.Series(splits, dtype=object), sources, shas)
+    table = label_table(names, None, pd.Series(splits, dtype=object), sources, shas)
     return ImageTable(images, table)
 
 
@@ -292,7 +292,7 @@ def _read_manifests(path: Path, size: int | None, cache_dir: Path) -> ImageTable
     df = pd.concat(frames, ignore_index=True)
     shas = [sha_of(b) for b in blobs]
     images = decode_cached(blobs, sources, shas, size, cache_dir)
-    table = _table(df["class_name"], df.get("subgroup"), df.get("split"), sources, shas)
+    table = label_table(df["class_name"], df.get("subgroup"), df.get("split"), sources, shas)
     return ImageTable(images, table)
 
 

@@ -10,29 +10,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import optuna
 import ray
 import ray.tune
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
-from distforget import storage
 from distforget.config import from_dict, replace
 from distforget.distributed.train import ray_evaluator, ray_launcher
-from distforget.pareto import OBJECTIVES
-from distforget.results import append_results, rows_from_record
+from distforget.objectives import OBJECTIVES
+from distforget.results import rows_from_record
+from distforget.run_folder import RunFolder
 from distforget.search_space import SearchSpace
-from distforget.study import add_sweep_points, objective_values
-from distforget.trial import StageCache, run_trial
-
-
-def trial_record_path(run: str, trial_id: str) -> str:
-    return storage.join(run, "trials", f"{trial_id}.json")
-
-
-def read_trial_record(run: str, trial_id: str) -> dict | None:
-    path = trial_record_path(run, trial_id)
-    return json.loads(storage.read_bytes(path)) if storage.exists(path) else None
+from distforget.study import add_sweep_points
+from distforget.trial import StageCache, run_trial, trial_record
 
 
 def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
@@ -44,29 +34,22 @@ def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
     space: SearchSpace | None = shared.get("space")
     cfg = (space.trial_config(base, params) if space is not None
            else replace(base, {"method": params["method"]}))
-    run = shared["run"]
-    cache = StageCache(storage.join(run, "stages"))
-    record: dict[str, Any] = {"trial_id": trial_id, "parent_id": None,
-                              "source": shared["source"], "status": "ok", "error": None,
-                              "method": cfg.method, "params": params}
+    folder = RunFolder(shared["run"])
+    cache = StageCache(folder.stages)
+    ident = {"trial_id": trial_id, "source": shared["source"], "method": cfg.method,
+             "params": params}
     try:
         result = run_trial(
             prepared, cfg,
-            launch=ray_launcher(prepared_ref, cache, cfg.resources, storage.join(run, "train"),
-                                trial_id),
+            launch=ray_launcher(prepared_ref, cache, cfg.resources, folder.train, trial_id),
             cache=cache,
             evaluate=ray_evaluator(prepared_ref, cache, cfg.resources, cfg.model.precision),
             sweep=shared.get("sweep", ()), log=lambda msg: print(f"[{trial_id}] {msg}"))
     except Exception as exc:
-        record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
-        storage.write_bytes(trial_record_path(run, trial_id),
-                            json.dumps(record, default=float).encode())
+        folder.write_trial_record(trial_record(**ident, error=f"{type(exc).__name__}: {exc}"))
         raise
-    record.update(result.record())
-    record.update(recipe=result.recipe.to_dict(), stages=result.stages,
-                  sweep=[{"recipe": r.to_dict(), "metrics": m} for r, m in result.sweep])
-    text = json.dumps(record, default=float)
-    storage.write_bytes(trial_record_path(run, trial_id), text.encode())
+    record = trial_record(**ident, result=result)
+    text = folder.write_trial_record(record)
     ray.tune.report({**{k: record[k] for k in OBJECTIVES}, "record": text})
 
 
@@ -87,31 +70,12 @@ class SweepOptunaSearch(OptunaSearch):
             add_sweep_points(self._ot_study, self._space, json.loads(result["record"]))
 
 
-def reconcile_study(study: optuna.Study, run: str) -> dict[str, int]:
-    """After an interrupted search: tell the study about trials that finished (their record was
-    written) but were never told, and mark the others, which were cut off, as failed."""
-    counts = {"told": 0, "failed": 0}
-    running = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
-    for t in study.get_trials(deepcopy=False, states=running):
-        tid = t.user_attrs.get("tune_trial_id")
-        record = read_trial_record(run, tid) if tid else None
-        values = objective_values(record) if record and record.get("status") == "ok" else None
-        if values is not None:
-            study.tell(t.number, values)
-            add_sweep_points(study, t.distributions, record)
-            counts["told"] += 1
-        else:
-            study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-            counts["failed"] += 1
-    return counts
-
-
 class ResultsWriter(Callback):
     """Appends each finished trial (and its sweep points) to ``results.parquet`` and prints one
     line per trial; failed trials are recorded with their error."""
 
-    def __init__(self, run: str, total: int, done: int, study_store=None):
-        self.run = run
+    def __init__(self, folder: RunFolder, total: int, done: int, study_store=None):
+        self.folder = folder
         self.total = total
         self.done = done
         self.study_store = study_store  # synced after every trial when the run is remote
@@ -121,7 +85,7 @@ class ResultsWriter(Callback):
         print(message, flush=True)
 
     def _append(self, record: dict) -> None:
-        append_results(storage.join(self.run, "results.parquet"), rows_from_record(record))
+        self.folder.append_results(rows_from_record(record))
         self.done += 1
         if self.study_store is not None:
             self.study_store.sync()
@@ -136,7 +100,7 @@ class ResultsWriter(Callback):
                  f"{record['stage_cache_hits']} hit(s)  {record['wall_s']:.1f}s")
 
     def on_trial_error(self, iteration, trials, trial, **info):
-        record = read_trial_record(self.run, trial.trial_id) or {
+        record = self.folder.read_trial_record(trial.trial_id) or {
             "trial_id": trial.trial_id, "status": "failed", "source": "trial",
             "params": dict(trial.config), "method": None,
             "error": str(trial.get_error() or "the trial's process died")}

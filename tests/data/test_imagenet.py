@@ -16,7 +16,7 @@ from open_clip.zero_shot_metadata import IMAGENET_CLASSNAMES
 from distforget.config import DataConfig, ScenarioConfig, load_config
 from distforget.data import imagenet
 from distforget.data.scenario import build_scenario
-from distforget.data.sources import load_data
+from distforget.data.load import load_data
 from distforget.errors import DataError
 from tests.factories import cifar_frame
 

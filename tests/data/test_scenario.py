@@ -4,7 +4,8 @@ import pytest
 
 from distforget.config import DataConfig, GeneratedConfig, ScenarioConfig
 from distforget.data.scenario import SPLITS, build_scenario, kmeans_subgroups
-from distforget.data.sources import ImageTable, from_arrays, load_data
+from distforget.data.load import load_data
+from distforget.data.sources import ImageTable, from_arrays
 from distforget.errors import DataError
 
 

@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from distforget.config import DataConfig, GeneratedConfig
-from distforget.data import sources
-from distforget.data.sources import load_data
+from distforget.data import load, sources
+from distforget.data.load import load_data
 from distforget.errors import DataError
 from tests.factories import cifar_frame, write_image_folder
 
@@ -132,4 +132,4 @@ def test_torchvision_download_failure_is_a_clear_error(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
     with pytest.raises(DataError, match="could not be downloaded.*data.format: parquet"):
-        sources.read_torchvision_cifar10(tmp_path)
+        load.read_torchvision_cifar10(tmp_path)

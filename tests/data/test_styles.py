@@ -15,7 +15,7 @@ from PIL import Image
 
 from distforget.config import DataConfig, load_config
 from distforget.data import styles
-from distforget.data.sources import load_data
+from distforget.data.load import load_data
 from distforget.errors import ConfigError
 from tests.factories import cifar_frame, write_image_folder
 

@@ -17,11 +17,14 @@ import time
 
 import pandas as pd
 import pytest
+
 import torch
 
 from distforget.config import ResourcesConfig, load_config, replace
 from distforget.trial import StageCache, StageTask, stage_key
 from tests.factories import TINY
+
+pytestmark = pytest.mark.ray  # every test here starts or joins Ray
 
 # --- a worker killed mid-stage ------------------------------------------------------------------
 

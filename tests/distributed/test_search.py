@@ -11,8 +11,11 @@ import open_clip
 import pandas as pd
 import pytest
 
+
 from distforget.config import load_config
 from tests.factories import TINY
+
+pytestmark = pytest.mark.ray  # every test here starts or joins Ray
 
 SEARCH = {**TINY, "search.num_trials": 3, "search.sampler": "random",
           "forget.epochs": 1, "remind.epochs": 1}

@@ -1,11 +1,14 @@
 
 import numpy as np
 import pytest
+
 import torch
 
 from distforget.config import ResourcesConfig, replace
 from distforget.training import Parallel, global_batches
 from distforget.trial import StageCache, StageTask, run_trial, stage_key
+
+pytestmark = pytest.mark.ray  # every test here starts or joins Ray
 
 
 def test_shards_are_disjoint_and_cover_each_global_batch():

@@ -1,0 +1,153 @@
+"""Data sources: image folder, Parquet manifest, generated data, torchvision's CIFAR-10 and the
+ImageNet layout, each read into the internal form (``distforget.data.sources.ImageTable``) by
+``load_data``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from distforget.config import DataConfig
+from distforget.data.generated import generate
+from distforget.data.imagenet import read_imagenet
+from distforget.data.sources import (IMAGE_SUFFIXES, ImageTable, decode_cached, default_cache_dir,
+                                     from_arrays, label_table, read_manifest_file,
+                                     save_atomic_npy, sha_of)
+from distforget.errors import DataError
+from distforget.storage import atomic_path
+
+
+def read_parquet_manifest(path: str | Path, size: int | None, cache_dir: Path) -> ImageTable:
+    """A Parquet manifest: ``image`` (encoded bytes) or ``path`` (relative to the manifest's
+    folder), ``class_name``, optional ``subgroup`` and ``split``.
+
+    ``path`` may also be a folder of manifests (``train.parquet``, ``test.parquet``, ...); a file
+    without a ``split`` column then takes its name as the split.
+    """
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.parquet"))
+        if not files:
+            raise DataError(f"data.path {str(path)!r}: the folder holds no .parquet manifest")
+    elif path.is_file():
+        files = [path]
+    else:
+        raise DataError(f"data.path {str(path)!r}: no Parquet manifest there")
+    frames, blobs, sources = [], [], []
+    for f in files:
+        df, b, s = read_manifest_file(f, split_from_name=path.is_dir())
+        frames.append(df)
+        blobs.extend(b)
+        sources.extend(s)
+    df = pd.concat(frames, ignore_index=True)
+    shas = [sha_of(bytes(b)) for b in blobs]
+    images = decode_cached(blobs, sources, shas, size, cache_dir)
+    table = label_table(df["class_name"], df.get("subgroup"), df.get("split"), sources, shas)
+    return ImageTable(images, table)
+
+
+def read_image_folder(root: str | Path, size: int | None, cache_dir: Path) -> ImageTable:
+    """``ROOT/<split>/<class>/<subgroup>/<image>``; the subgroup level may be absent."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"data.path {str(root)!r}: no image folder there")
+    rows = []
+    for split_dir in sorted(p for p in root.iterdir() if p.is_dir()):
+        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+            entries = sorted(class_dir.iterdir())
+            subdirs = [e for e in entries if e.is_dir()]
+            files = [e for e in entries if e.is_file() and e.suffix.lower() in IMAGE_SUFFIXES]
+            if subdirs and files:
+                raise DataError(
+                    f"folder {str(class_dir)!r} holds both images and subgroup folders: expected "
+                    "ROOT/<split>/<class>/<image> or ROOT/<split>/<class>/<subgroup>/<image>")
+            if subdirs:
+                for sub in subdirs:
+                    rows.extend((split_dir.name, class_dir.name, sub.name, f)
+                                for f in sorted(sub.iterdir())
+                                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
+            else:
+                rows.extend((split_dir.name, class_dir.name, None, f) for f in files)
+    if not rows:
+        raise DataError(f"image folder {str(root)!r} holds no images: expected "
+                        "ROOT/<split>/<class>/[<subgroup>/]<image>")
+    splits, classes, subgroups, files = zip(*rows)
+    blobs = [f.read_bytes() for f in files]
+    shas = [sha_of(b) for b in blobs]
+    sources = [str(f) for f in files]
+    images = decode_cached(blobs, sources, shas, size, cache_dir)
+    table = label_table(classes, pd.Series(subgroups, dtype=object), pd.Series(splits, dtype=object),
+                   sources, shas)
+    return ImageTable(images, table)
+
+
+def read_torchvision_cifar10(root: str | Path) -> ImageTable:
+    """CIFAR-10 through torchvision's download (needs the network the first time)."""
+    from torchvision.datasets import CIFAR10
+
+    frames, arrays = [], []
+    for split, train in (("train", True), ("test", False)):
+        try:
+            ds = CIFAR10(root=str(root), train=train, download=True)
+        except Exception as exc:  # URLError, OSError, checksum failures
+            raise DataError(
+                f"CIFAR-10 could not be downloaded into {str(root)!r} ({exc}); without the "
+                "network use the Parquet form (data.format: parquet)") from None
+        arrays.append(np.asarray(ds.data, dtype=np.uint8))
+        frames.append(pd.DataFrame({
+            "class_name": [ds.classes[t] for t in ds.targets],
+            "split": split,
+            "source": [f"cifar10/{split}/{i:05d}" for i in range(len(ds.targets))],
+        }))
+    return from_arrays(np.concatenate(arrays), pd.concat(frames, ignore_index=True))
+
+
+def read_generated(cfg: DataConfig, cache_dir: Path) -> ImageTable:
+    g = cfg.generated
+    key = hashlib.sha256(repr(("generated-v1", g.train_per_subgroup, g.test_per_subgroup,
+                               g.image_size, g.seed)).encode()).hexdigest()[:24]
+    img_path = cache_dir / "generated" / f"{key}.npy"
+    tab_path = cache_dir / "generated" / f"{key}.parquet"
+    if img_path.is_file() and tab_path.is_file():
+        images, table = np.load(img_path, mmap_mode="r"), pd.read_parquet(tab_path)
+        return ImageTable(images, table)
+    images, table = generate(train_per_subgroup=g.train_per_subgroup,
+                             test_per_subgroup=g.test_per_subgroup,
+                             image_size=g.image_size, seed=g.seed)
+    result = from_arrays(images, table)
+    save_atomic_npy(img_path, result.images)
+    with atomic_path(tab_path) as tmp:  # the table last: both files present = complete
+        result.table.to_parquet(tmp, index=False)
+    return result
+
+
+def load_data(cfg: DataConfig, cache_dir: Path | None = None) -> ImageTable:
+    """Read the configured source into the internal form, filtered to ``cfg.classes``."""
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    if cfg.format == "generated":
+        data = read_generated(cfg, cache_dir)
+    elif cfg.path is None:
+        raise DataError(f"data.path is required for data.format {cfg.format!r}")
+    elif cfg.format == "parquet":
+        data = read_parquet_manifest(cfg.path, cfg.image_size, cache_dir)
+    elif cfg.format == "folder":
+        data = read_image_folder(cfg.path, cfg.image_size, cache_dir)
+    elif cfg.format == "cifar10":
+        data = read_torchvision_cifar10(cfg.path)
+    elif cfg.format == "imagenet":
+        data = read_imagenet(cfg.path, cfg.image_size, cache_dir)
+    else:  # the config's Literal type makes this unreachable
+        raise DataError(f"data.format {cfg.format!r} is not supported")
+    if cfg.classes:
+        known = set(data.table["class_name"])
+        missing = [c for c in cfg.classes if c not in known]
+        if missing:
+            raise DataError(f"data.classes names {missing[0]!r}, which is not in the data "
+                            f"(classes: {', '.join(sorted(known)[:20])})")
+        keep = data.table["class_name"].isin(cfg.classes).to_numpy()
+        data = ImageTable(np.asarray(data.images)[keep], data.table[keep].reset_index(drop=True))
+    return data
