@@ -6,6 +6,7 @@ import hashlib
 import os
 import platform
 import time
+from pathlib import Path
 
 import numpy as np
 import open_clip
@@ -27,17 +28,18 @@ def synthetic_prepared(model_name: str, *, n_retain: int, n_forget: int = 64, n_
     size = pp["size"] if isinstance(pp["size"], int) else pp["size"][0]
     spec = ModelSpec(model_name, False, int(size), tuple(pp["mean"]), tuple(pp["std"]), "random")
     rng = np.random.default_rng(seed)
-    n = n_forget + n_retain + 3 * n_eval
+    n = n_forget + n_retain + 6 * n_eval
     images = rng.integers(0, 256, size=(n, store_size, store_size, 3), dtype=np.uint8)
     labels = rng.integers(0, classes, size=n)
     embed = model.text_projection.shape[1] if model.text_projection is not None else 512
     head = torch.nn.functional.normalize(torch.randn(classes, embed), dim=-1).numpy()
-    bounds = np.cumsum([0, n_forget, n_retain, n_eval, n_eval, n_eval])
-    names = ["forget_train", "retain_train", "eval_forget", "eval_retain", "eval_zeroshot"]
+    bounds = np.cumsum([0, n_forget, n_retain] + [n_eval] * 6)
+    names = ["forget_train", "retain_train", "val_forget", "val_retain", "val_zeroshot",
+             "test_forget", "test_retain", "test_zeroshot"]
     splits = {name: Split(np.arange(a, b), labels[a:b], name)
               for name, a, b in zip(names, bounds[:-1], bounds[1:])}
-    splits["calib_forget"] = splits["eval_forget"]
-    splits["calib_retain"] = splits["eval_retain"]
+    splits["calib_forget"] = splits["val_forget"]
+    splits["calib_retain"] = splits["val_retain"]
     scenario = Scenario(classes=tuple(f"c{i}" for i in range(classes)), forget_class="c0",
                         forget_subgroup=None, retain_classes=(), zeroshot_classes=(),
                         subgroup_rule="synthetic", subgroups=(), splits=splits)
@@ -70,3 +72,15 @@ def sync(device: torch.device) -> None:
 
 def now() -> float:
     return time.perf_counter()
+
+
+def replace_section(path: Path, name: str, body: str) -> None:
+    """Put ``body`` between the markers ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` of a
+    Markdown file (a benchmark writes its own figures; nothing is typed by hand)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
+    text = Path(path).read_text()
+    if begin not in text or end not in text:
+        raise SystemExit(f"{path}: no {begin} ... {end} markers to write between")
+    head, rest = text.split(begin, 1)
+    _, tail = rest.split(end, 1)
+    Path(path).write_text(f"{head}{begin}\n{body}\n{end}{tail}")

@@ -13,11 +13,11 @@ import pandas as pd
 import torch
 
 from distforget.config import RunConfig
+from distforget.objectives import DIRECTIONS, parse_target
 from distforget.prepare import Prepared
 from distforget.results import rows_from_record
 from distforget.search_space import SearchSpace
-from distforget.objectives import DIRECTIONS
-from distforget.study import add_sweep_points, make_sampler, objective_values
+from distforget.study import add_sweep_points, make_sampler, objective_values, set_constraints
 from distforget.trial import (StageCache, local_evaluator, local_launcher, run_trial,
                               trial_record)
 
@@ -26,16 +26,20 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 def local_search(prepared: Prepared, base: RunConfig, space: SearchSpace, *, trials: int,
                  sampler: str, seed: int, device: torch.device, cache: StageCache | None = None,
-                 on_trial: Callable[[int, dict], None] | None = None) -> pd.DataFrame:
-    """Run ``trials`` trials; returns the results table (trials and their sweep points)."""
+                 on_trial: Callable[[int, dict], None] | None = None,
+                 source: str = "trial") -> pd.DataFrame:
+    """Run ``trials`` trials; returns the results table (trials and their sweep points). The
+    search's target (``base.search.target``) reaches the sampler as constraints, as in
+    ``python -m distforget.search``."""
     cache = cache or StageCache()
+    target = parse_target(base.search.target)
     study = optuna.create_study(directions=DIRECTIONS, sampler=make_sampler(sampler, seed, trials))
     launch = local_launcher(prepared, cache, device)
     evaluate = local_evaluator(prepared, cache, device, base.model.precision)
     rows = []
     for i in range(trials):
         ot = study.ask(space.params)
-        ident = {"trial_id": f"{sampler}-{seed}-{i:03d}", "source": "trial",
+        ident = {"trial_id": f"{space.method}-{sampler}-{seed}-{i:03d}", "source": source,
                  "method": space.method, "params": dict(ot.params)}
         start = time.perf_counter()
         try:
@@ -51,8 +55,9 @@ def local_search(prepared: Prepared, base: RunConfig, space: SearchSpace, *, tri
             if values is None:
                 study.tell(ot, state=optuna.trial.TrialState.FAIL)
             else:
+                set_constraints(ot, record, target)
                 study.tell(ot, values)
-                add_sweep_points(study, space.params, record)
+                add_sweep_points(study, space.params, record, target)
         record["wall_s"] = time.perf_counter() - start
         new = rows_from_record(record)
         for row in new:

@@ -1,53 +1,51 @@
-"""The method against the baselines, each searched with the same trial budget, per scenario.
+"""The method against the baselines at equal budget, under the validation/test protocol.
 
-Scenarios: the embedded default (red circles) and three on real CIFAR-10 with the small CLIP that
-distforget pretrains on CIFAR-10's training split: a k-means subgroup of airplanes, a k-means
-subgroup of ships, and the whole cat class (keeping dogs, deer and horses). Every method (the
-three-stage method and the five baselines) gets ``--trials`` Optuna trials (TPE, seed 0) over its
-search space (``search_spaces/cifar10.yaml`` or ``embedded.yaml``; ``baseline-*.yaml``), on the
-same prepared inputs. Per scenario the table gives the base model and each method's best point
-under the rule ``forget_acc<=0.05, max zeroshot_acc`` (the closest point when none meets it),
-its normalised hypervolume over all its points, and the search's wall time. The issue's rule
-says nothing of the retained subgroups, so a second table per scenario picks each method's best
-point under ``forget_acc<=0.05, retain_acc>=0.9*base, max zeroshot_acc`` from the same points
-(the targeted forgetting the method is for: the rest of the class kept).
+Per scenario and seed, every method (the three-stage method and the five baselines) gets the
+same number of Optuna trials (TPE, constraints from the target, as ``distforget.search`` does)
+over its own search space, on the same prepared inputs; each baseline's space also gets the
+method's soup handling (``restore.alpha`` searched, the same soup sweep), so a baseline gains
+what a soup with the base model gives as the method does. Each method's point is then chosen
+on **validation** by the default rule (``target``: meets ``forget_acc<=0.05,
+retain_acc>=0.9*base, zeroshot_acc>=0.95*base`` with the best zero-shot accuracy, else the
+nearest), and only that point is measured on **test**.
 
-Before the searches, each scenario's first table runs every method once at its default settings
-(the scenario config's, as ``python -m distforget.unlearn``) against the quality target:
-``forget_acc <= 0.05``, ``retain_acc >= 0.9 * base``, ``zeroshot_acc >= 0.95 * base``.
+The seed (0, 1, 2 by default) moves everything: the scenario's split seed (which images are
+validation and which test, and the k-means subgroups), every stage seed and the sampler's seed.
+The table gives, per method, the mean of the chosen points' test metrics over the seeds with a
+95% t-interval (t(0.975, n-1) * sd / sqrt(n)), on how many seeds the target holds on test
+(thresholds against the base model's test metrics), the points evaluated and the search wall
+time. It writes its section of ``bench/RESULTS.md`` (and the README's summary table) itself.
 
-    python bench/quality.py                          # 2 CPU cores: about 40 minutes
-    python bench/quality.py --defaults-only          # the default-settings tables only
+    python bench/quality.py                          # embedded scenario, 2 CPU cores
+    python bench/quality.py --scenarios all          # and the CIFAR-10 ones (needs the CIFAR CLIP)
     python bench/quality.py --full --device cuda     # more trials
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import sys
 import time
 from pathlib import Path
 
-import pandas as pd
-
+import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine  # noqa: E402
+from bench.common import machine, replace_section  # noqa: E402
 from bench.local_search import local_search  # noqa: E402
 from distforget.cli import pick_device  # noqa: E402
-from distforget.config import BASELINES, load_config  # noqa: E402
-from distforget.pareto import normalized_hypervolume, parse_rule, pick, usable  # noqa: E402
+from distforget.config import BASELINES, load_config, replace  # noqa: E402
+from distforget.objectives import ACCURACIES, as_test, parse_target, shortfalls  # noqa: E402
+from distforget.pareto import pick, usable  # noqa: E402
 from distforget.prepare import prepare  # noqa: E402
 from distforget.search_space import load_space  # noqa: E402
-from distforget.trial import StageCache  # noqa: E402
-from distforget.unlearn import unlearn  # noqa: E402
+from distforget.trial import Recipe, StageCache, evaluate_recipes  # noqa: E402
 
-RULE = "forget_acc<=0.05, max zeroshot_acc"
-# The quality target: forget_acc at most 5%, retain_acc at least 90% and zeroshot_acc at least
-# 95% of the base model's.
-TARGET = (0.05, 0.90, 0.95)
 METHODS = ("three_stage", *BASELINES)
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # t(0.975, n-1) by n-1
 
 
 def scenarios(data_path: str) -> dict[str, tuple[str | None, dict, str]]:
@@ -56,115 +54,147 @@ def scenarios(data_path: str) -> dict[str, tuple[str | None, dict, str]]:
     return {
         "embedded: red circles": (None, {}, "embedded"),
         "CIFAR-10: airplane subgroup k0 (k-means)": (
-            cifar, {"data.path": data_path}, "cifar10"),
-        "CIFAR-10: ship subgroup k0 (k-means)": (
-            cifar, {"data.path": data_path, "scenario.forget_class": "ship"}, "cifar10"),
+            cifar, {"data.format": "parquet", "data.path": data_path}, "cifar10"),
         "CIFAR-10: the whole cat class": (
-            cifar, {"data.path": data_path, "scenario.forget_class": "cat",
-                    "scenario.forget_subgroup": None,
+            cifar, {"data.format": "parquet", "data.path": data_path,
+                    "scenario.forget_class": "cat", "scenario.forget_subgroup": None,
                     "scenario.retain_classes": ["dog", "deer", "horse"]}, "cifar10"),
     }
 
 
-def kept_rule(base: dict) -> str:
-    return f"forget_acc<=0.05, retain_acc>={0.9 * base['retain_acc']:.3f}, max zeroshot_acc"
+def seeded(cfg, seed: int):
+    """The config with every seed moved to ``seed``: splits, stages, sampler."""
+    return replace(cfg, {k: seed for k in ("scenario.seed", "forget.seed", "remind.seed",
+                                           "baseline.seed", "search.seed")})
 
 
-def best_row(rows: pd.DataFrame, rule: str = RULE) -> pd.Series | None:
-    return pick(rows, rule)[0] if not usable(rows).empty else None
-
-
-def print_table(base: dict, rows_by_method: dict[str, pd.DataFrame], rule: str,
-                walls: dict[str, float]) -> None:
-    """One row per method: its best point under ``rule`` (or the closest), its hypervolume."""
-    print(f"\nrule `{rule}`\n\n| method | forget_acc | retain_acc | zeroshot_acc | meets rule | "
-          "hypervolume | search s |\n| --- | --- | --- | --- | --- | --- | --- |")
-    print(f"| base model | {base['forget_acc']:.3f} | {base['retain_acc']:.3f} | "
-          f"{base['zeroshot_acc']:.3f} | | 0.000 | |")
-    constraints = parse_rule(rule)[0]
-    for method, rows in rows_by_method.items():
-        best = best_row(rows, rule)
-        if best is None:
-            print(f"| {method} | failed | | | | | {walls[method]:.0f} |")
+def run_seed(cfg, space_name: str, trials: int, device) -> list[dict]:
+    """One seed of one scenario: each method searched, chosen on validation, tested."""
+    prepared = prepare(cfg, device, log=lambda m: None)
+    base_val = prepared.base_metrics
+    target = parse_target(cfg.search.target)
+    cache = StageCache()
+    method_space = load_space(space_name, cfg)
+    base_test, = evaluate_recipes(prepared, cache, [Recipe("base")], "test", device)
+    out = []
+    for method in METHODS:
+        space = method_space if method == "three_stage" else \
+            load_space(f"baseline-{method}", cfg).with_soups_of(method_space)
+        start = time.perf_counter()
+        rows = local_search(prepared, cfg, space, trials=trials, sampler="tpe",
+                            seed=cfg.search.seed, device=device, cache=cache)
+        wall = time.perf_counter() - start
+        if usable(rows).empty:
+            out.append({"method": method, "failed": True, "wall_s": wall})
             continue
-        meets = all({"<=": best[m] <= v, ">=": best[m] >= v}[op] for m, op, v in constraints)
-        hv = normalized_hypervolume(rows, base)
-        print(f"| {method} | {best['forget_acc']:.3f} | {best['retain_acc']:.3f} | "
-              f"{best['zeroshot_acc']:.3f} | {'yes' if meets else 'no'} | {hv:.3f} | "
-              f"{walls[method]:.0f} |", flush=True)
+        chosen, why = pick(rows, cfg.search.pick, target=target, base=base_val)
+        recipe = Recipe.from_dict(json.loads(chosen["recipe"]))
+        test, = evaluate_recipes(prepared, cache, [recipe], "test", device)
+        base_t = {m: base_test[as_test(m)] for m in ACCURACIES}
+        missed = shortfalls({m: test[as_test(m)] for m in ACCURACIES}, target, base_t)
+        out.append({"method": method, "failed": False, "points": len(usable(rows)),
+                    "trials": trials, "wall_s": wall, "val_met": "NOT MET" not in why,
+                    "test_met": not missed, **{m: chosen[m] for m in ACCURACIES}, **test,
+                    **{f"base_{k}": v for k, v in base_t.items()}})
+    return out
 
 
-def meets_target(row: dict, base: dict) -> bool:
-    f, r, z = TARGET
-    return (row["forget_acc"] <= f and row["retain_acc"] >= r * base["retain_acc"]
-            and row["zeroshot_acc"] >= z * base["zeroshot_acc"])
+def interval(values: list[float]) -> str:
+    v = np.array(values, dtype=np.float64)
+    if len(v) < 2:
+        return f"{v.mean():.3f}"
+    half = T975.get(len(v) - 1, 1.96) * v.std(ddof=1) / math.sqrt(len(v))
+    return f"{v.mean():.3f} ± {half:.3f}"
 
 
-def print_defaults(records: list[dict], base: dict) -> None:
-    """Each method once at its default settings (the config's), as ``distforget.unlearn``."""
-    f, r, z = TARGET
-    print(f"\ndefault settings (`python -m distforget.unlearn`); target forget_acc<={f}, "
-          f"retain_acc>={r * base['retain_acc']:.3f}, zeroshot_acc>={z * base['zeroshot_acc']:.3f}"
-          "\n\n| method | forget_acc | retain_acc | zeroshot_acc | alpha | meets target | wall s |"
-          "\n| --- | --- | --- | --- | --- | --- | --- |")
-    for rec in records:
-        print(f"| {rec['method']} | {rec['forget_acc']:.3f} | {rec['retain_acc']:.3f} | "
-              f"{rec['zeroshot_acc']:.3f} | {rec['alpha']:.2f} | "
-              f"{'yes' if meets_target(rec, base) else 'no'} | {rec['wall_s']:.0f} |", flush=True)
+def scenario_table(name: str, runs: dict[int, list[dict]]) -> list[str]:
+    seeds = sorted(runs)
+    lines = [f"### {name}", "",
+             f"Seeds {', '.join(map(str, seeds))}; each method's point chosen on validation "
+             "by `target`; test metrics: mean ± 95% t-interval over the seeds.", "",
+             "| method | test forget_acc | test retain_acc | test zeroshot_acc | target met on "
+             "test (seeds) | points per seed | search s per seed |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    base = {m: [runs[s][0][f"base_{m}"] for s in seeds if not runs[s][0]["failed"]]
+            for m in ACCURACIES}
+    lines.append("| base model | " + " | ".join(interval(base[m]) for m in ACCURACIES)
+                 + " | | | |")
+    for i, method in enumerate(METHODS):
+        rs = [runs[s][i] for s in seeds]
+        ok = [r for r in rs if not r["failed"]]
+        if not ok:
+            lines.append(f"| {method} | failed | | | | | |")
+            continue
+        lines.append(
+            f"| {method} | " + " | ".join(interval([r[as_test(m)] for r in ok])
+                                          for m in ACCURACIES)
+            + f" | {sum(r['test_met'] for r in ok)}/{len(rs)} | "
+            f"{np.mean([r['points'] for r in ok]):.0f} | "
+            f"{np.mean([r['wall_s'] for r in rs]):.0f} |")
+    lines.append("")
+    per_seed = ["| seed | method | val F / R / Z | test F [95% Wilson] | test R | test Z | "
+                "target on test |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    for s in seeds:
+        for r in runs[s]:
+            if r["failed"]:
+                continue
+            per_seed.append(
+                f"| {s} | {r['method']} | " + " / ".join(f"{r[m]:.3f}" for m in ACCURACIES)
+                + " | " + " | ".join(
+                    f"{r[as_test(m)]:.3f} [{r[as_test(m) + '_lo']:.3f}, "
+                    f"{r[as_test(m) + '_hi']:.3f}]" for m in ACCURACIES)
+                + f" | {'met' if r['test_met'] else 'missed'} |")
+    return lines + ["<details><summary>per seed</summary>", "", *per_seed, "", "</details>",
+                    ""]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=None, help="per method (default 6; 24 "
-                                                                   "with --full)")
+    parser.add_argument("--trials", type=int, default=None,
+                        help="per method and seed (default 8, the embedded search's budget; "
+                             "24 with --full)")
+    parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--full", action="store_true")
     parser.add_argument("--device", default=None)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
-    parser.add_argument("--only", default=None, help="run scenarios whose name contains this")
-    parser.add_argument("--defaults-only", action="store_true",
-                        help="only the default-settings table (no searches)")
-    parser.add_argument("--out", default=str(ROOT / "bench" / "out"),
-                        help="folder for each scenario's results table")
+    parser.add_argument("--scenarios", default="embedded",
+                        help="'all', or run scenarios whose name contains this")
+    parser.add_argument("--no-write", action="store_true",
+                        help="print only; leave bench/RESULTS.md and the README alone")
     args = parser.parse_args()
-    trials = args.trials or (24 if args.full else 6)
+    trials = args.trials or (24 if args.full else 8)
     device = pick_device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    print(f"# {machine()}\n# bench/quality.py: {trials} trials per method (TPE, seed 0); "
-          f"rule `{RULE}`; device {device}")
+    start = time.perf_counter()
+    header = (f"`python bench/quality.py --trials {trials} --seeds {args.seeds} --scenarios "
+              f"{args.scenarios}` on {machine()}: {trials} TPE trials per method and seed "
+              "(equal budgets; baselines searched over their own spaces with the method's "
+              "soups), validation chooses, test reports.")
+    print(header, flush=True)
+    lines = [header, ""]
+    summary = []
     for name, (cfg_path, overrides, space_name) in scenarios(args.data).items():
-        if args.only and args.only not in name:
+        if args.scenarios != "all" and args.scenarios not in name:
             continue
-        cfg = load_config(cfg_path, overrides)
-        start = time.perf_counter()
-        prepared = prepare(cfg, device, log=lambda m: print(f"  {m}", flush=True))
-        prep_s = time.perf_counter() - start
-        base = prepared.base_metrics
-        print(f"\n### {name}\n\nsplits {prepared.info['splits']}; subgroups by "
-              f"{prepared.info['subgroup_rule']}; prepare {prep_s:.0f} s\n")
-        records = unlearn(cfg, list(METHODS) + ["base"], device=device, out_dir=None,
-                          log=lambda m: None, prepared=prepared)
-        print_defaults(records, base)
-        if args.defaults_only:
-            continue
-        cache = StageCache()
-        tables, walls = {}, {}
-        for method in METHODS:
-            space = load_space(space_name if method == "three_stage" else f"baseline-{method}",
-                               cfg)
+        base_cfg = load_config(cfg_path, overrides)
+        runs = {}
+        for seed in range(args.seeds):
             t0 = time.perf_counter()
-            rows = local_search(prepared, cfg, space, trials=trials, sampler="tpe", seed=0,
-                                device=device, cache=cache)
-            walls[method] = time.perf_counter() - t0
-            rows["method"] = method
-            tables[method] = rows
-            print(f"  {method}: {len(rows)} points in {walls[method]:.0f} s", flush=True)
-        print_table(base, tables, RULE, walls)
-        print_table(base, tables, kept_rule(base), walls)
-        slug = "".join(c if c.isalnum() else "-" for c in name.lower()).strip("-")
-        table = pd.concat(list(tables.values()), ignore_index=True)
-        table.drop(columns=["sweep"], errors="ignore").to_parquet(
-            out / f"quality-{slug}.parquet", index=False)
+            runs[seed] = run_seed(seeded(base_cfg, seed), space_name, trials, device)
+            print(f"  {name}, seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
+        table = scenario_table(name, runs)
+        print("\n".join(table), flush=True)
+        lines += table
+        three = [r[0] for r in runs.values() if not r[0]["failed"]]
+        summary.append(f"| {name} | " + " / ".join(
+            interval([r[as_test(m)] for r in three]) for m in ACCURACIES)
+            + f" | {sum(r['test_met'] for r in three)}/{len(runs)} |")
+    lines.append(f"Wall time: {time.perf_counter() - start:.0f} s.")
+    print(lines[-1])
+    if not args.no_write:
+        replace_section(ROOT / "bench" / "RESULTS.md", "quality", "\n".join(lines))
+        replace_section(ROOT / "README.md", "quality", "\n".join([
+            "| scenario | three-stage test F / R / Z (mean ± 95% t-interval, "
+            f"{args.seeds} seeds) | target met on test |", "| --- | --- | --- |", *summary]))
 
 
 if __name__ == "__main__":

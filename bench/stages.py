@@ -64,9 +64,9 @@ def main() -> None:
     recipes = [Recipe("three_stage", (("forget", "f"), ("remind", "r")), a) for a in
                (0.0, 0.25, 0.5, 0.75, 1.0)]
     start = now()
-    metrics = evaluate_recipes(prepared, cache, recipes, "eval", device)
-    n_images = sum(len(prepared.split(s)) for s in ("eval_forget", "eval_retain",
-                                                    "eval_zeroshot", "forget_train"))
+    metrics = evaluate_recipes(prepared, cache, recipes, "val", device)
+    n_images = sum(len(prepared.split(s)) for s in ("val_forget", "val_retain",
+                                                    "val_zeroshot", "forget_train"))
     wall = now() - start
     print(f"| 5 soups evaluated | {wall:.1f} | - | {5 * n_images / wall:,.0f} (eval) |")
     assert all(0.0 <= m["forget_acc"] <= 1.0 for m in metrics)

@@ -57,6 +57,33 @@ def saliency_masks(visual, head, prep, images: np.ndarray, labels: np.ndarray, s
     return {n: (g.float() >= threshold).to(params[n].dtype) for n, g in grads.items()}
 
 
+def baseline_batches(method: str, nf: int, nr: int, batch_size: int, epoch: int, seed: int
+                     ) -> list[np.ndarray]:
+    """One epoch's global batches as rows of [forget images, retain images]: FT draws retain
+    images only, GA forget images only, the others pair every forget batch with a retain batch
+    (cycling the retain batches)."""
+    fb = global_batches(nf, batch_size, epoch, seed) if method != "ft" else []
+    rb = global_batches(nr, batch_size, epoch, seed + 1) if method != "ga" else []
+    if method == "ft":
+        return [b + nf for b in rb]
+    if method == "ga":
+        return fb
+    return [np.concatenate([b, rb[i % len(rb)] + nf]) for i, b in enumerate(fb)]
+
+
+def baseline_loss(method: str, ce_forget: torch.Tensor, ce_retain: torch.Tensor,
+                  cfg: BaselineConfig) -> torch.Tensor:
+    """FT: CE on retain; GA: -CE on forget; NegGrad+: (1 - w) CE(retain) - w CE(forget);
+    RL and SalUn: CE on both (the forget images carry random other labels)."""
+    if method == "ft":
+        return ce_retain
+    if method == "ga":
+        return -ce_forget
+    if method == "neggrad":
+        return (1 - cfg.neggrad_weight) * ce_retain - cfg.neggrad_weight * ce_forget
+    return ce_forget + ce_retain
+
+
 def run_baseline(prepared: Prepared, method: str, cfg: BaselineConfig, *, device: torch.device,
                  precision: str = "auto", compile: bool = False,
                  parallel: Parallel | None = None,
@@ -65,11 +92,7 @@ def run_baseline(prepared: Prepared, method: str, cfg: BaselineConfig, *, device
     if method not in BASELINES:
         raise ValueError(f"unknown baseline {method!r}; expected one of {BASELINES}")
     start = time.perf_counter()
-    parallel = parallel or Parallel.current()
-    torch.manual_seed(cfg.seed)
-    visual = prepared.model().visual.to(device)
-    head = prepared.head_tensor(device)
-    prep = prepared.preprocess(device)
+    parallel, visual, head, prep = prepared.stage_start(device, cfg.seed, parallel)
     f, r = prepared.split("forget_train"), prepared.split("retain_train")
     nf, nr = len(f), len(r)
     images = np.concatenate([prepared.images[f.indices], prepared.images[r.indices]])
@@ -88,7 +111,6 @@ def run_baseline(prepared: Prepared, method: str, cfg: BaselineConfig, *, device
     module = maybe_compile(wrap_ddp(visual, parallel, device), compile)
     opt = torch.optim.AdamW(visual.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     uses_forget = method != "ft"
-    uses_retain = method != "ga"
     labels_t = torch.tensor(labels, device=device)
     is_forget_t = torch.tensor(is_forget, device=device)
     current = {"labels": labels_t}
@@ -97,14 +119,7 @@ def run_baseline(prepared: Prepared, method: str, cfg: BaselineConfig, *, device
         if method in ("rl", "salun"):  # this epoch's random other labels for forget images
             other = random_other_labels(labels, num_classes, cfg.seed, epoch)
             current["labels"] = torch.as_tensor(np.where(is_forget, other, labels), device=device)
-        fb = global_batches(nf, cfg.batch_size, epoch, cfg.seed) if uses_forget else []
-        rb = global_batches(nr, cfg.batch_size, epoch, cfg.seed + 1) if uses_retain else []
-        if not uses_forget:
-            return [b + nf for b in rb]
-        if not uses_retain:
-            return fb
-        # Pair every forget batch with a retain batch, cycling the retain batches.
-        return [np.concatenate([b, rb[i % len(rb)] + nf]) for i, b in enumerate(fb)]
+        return baseline_batches(method, nf, nr, cfg.batch_size, epoch, cfg.seed)
 
     def step(global_batch: np.ndarray) -> torch.Tensor:
         local = parallel.shard(global_batch)
@@ -118,15 +133,7 @@ def run_baseline(prepared: Prepared, method: str, cfg: BaselineConfig, *, device
         is_f = is_forget_t[idx].float()
         ce_forget = (ce * is_f).sum() / n_forget
         ce_retain = (ce * (1 - is_f)).sum() / n_retain
-        if method == "ft":
-            loss = ce_retain
-        elif method == "ga":
-            loss = -ce_forget
-        elif method == "neggrad":
-            loss = (1 - cfg.neggrad_weight) * ce_retain - cfg.neggrad_weight * ce_forget
-        else:  # rl, salun
-            loss = ce_forget + ce_retain
-        return loss * parallel.world_size
+        return baseline_loss(method, ce_forget, ce_retain, cfg) * parallel.world_size
 
     def end_epoch(epoch: int) -> tuple[dict, bool]:
         acc = sharded_accuracy(visual, images[:nf], f.labels, head, prep, parallel, precision)

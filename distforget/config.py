@@ -19,6 +19,7 @@ from typing import Any, Literal, Mapping
 import yaml
 
 from distforget.errors import ConfigError
+from distforget.objectives import DEFAULT_TARGET, parse_rule, parse_target
 
 # Method names, declared once: the types check config values; the tuples serve everything else.
 Baseline = Literal["ft", "ga", "rl", "neggrad", "salun"]
@@ -117,8 +118,15 @@ class ScenarioConfig:
     max_eval: int = knob(1000, ge=1)
     # Part of the training forget/retain images held out as the calibration set D_m.
     calibration_fraction: float = knob(0.2, gt=0, lt=1)
-    # Held-out evaluation part, used only when the data has no split column.
+    # Held-out evaluation part, used only when the data has no split column: an image is held
+    # out when a hash of its content alone falls below this, so pretraining (model.pretrained:
+    # embedded) and every scenario seed agree on which images are held out.
     holdout_fraction: float = knob(0.25, gt=0, lt=1)
+    # The held-out images of each set (forget, retain, zero-shot) are divided, by content hash
+    # and seed, into validation (every choice sees it) and test (read only after the choice);
+    # this is the test part. Each side must hold at least distforget.data.scenario.MIN_HELD_OUT
+    # images of each set.
+    test_fraction: float = knob(0.5, gt=0, lt=1)
     seed: int = 0
 
 
@@ -218,13 +226,28 @@ class SearchConfig:
     num_trials: int = knob(8, ge=1)
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     seed: int = 0
-    # Baselines run once each with their default knobs and are marked in the report.
+    # Constraints on validation metrics that a good point meets, absolute or relative to the
+    # base model's validation value ("*base"). Handed to Optuna's sampler as constraints, and
+    # what pick "target" picks by.
+    target: str = DEFAULT_TARGET
+    # Rule that picks the exported point among validation points: "target" (meets the target,
+    # then the highest zeroshot_acc, then retain_acc; else the nearest to it, said plainly),
+    # "knee", or constraints then an objective, e.g. "forget_acc<=0.05, max zeroshot_acc".
+    pick: str = "target"
+    # The chosen recipe is trained again with this many further stage seeds (its test metrics
+    # per seed, their mean and spread, and whether the target holds on each, are reported).
+    confirm_seeds: int = knob(2, ge=0)
+    # Baselines compared with the method. With baseline_trials 1 each runs once at its default
+    # settings; with more, each is searched over its own space (search_spaces/baseline-<name>)
+    # with that many trials, and its weights get the same soup sweep with the base model.
     baselines: tuple[Baseline, ...] = BASELINES
-    # Rule that picks the exported point: "knee", or constraints then an objective, e.g.
-    # "forget_acc<=0.05, max zeroshot_acc".
-    pick: str = "knee"
+    baseline_trials: int = knob(1, ge=1)
     # null: derived from the cluster's resources and the resources per trial.
     max_concurrent_trials: int | None = knob(None, ge=1)
+
+    def __post_init__(self):
+        parse_target(self.target)
+        parse_rule(self.pick)
 
 
 @dataclass(frozen=True)

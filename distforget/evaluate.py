@@ -1,4 +1,6 @@
-"""Metrics on held-out images.
+"""Metrics on held-out images: validation (what every choice sees; unprefixed names) or test
+(read only after the choice; ``test_<name>``, with 95% Wilson score intervals
+``test_<name>_lo``/``_hi`` for the accuracies).
 
 - ``forget_acc``: top-1 accuracy over all classes on held-out images of the forget subgroup
   (lower is better);
@@ -17,6 +19,8 @@ coefficients.
 
 from __future__ import annotations
 
+import math
+from collections import Counter
 from typing import Mapping
 
 import numpy as np
@@ -24,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from distforget.data.transforms import DevicePreprocess
+from distforget.objectives import as_test
 from distforget.training import autocast, embed, eval_mode
 
 
@@ -58,6 +63,12 @@ def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
     return (logits.argmax(dim=-1) == labels).float().mean().item()
 
 
+def correct_count(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, tuple[int, int]]:
+    """Top-1 accuracy and (correct, n)."""
+    correct = int((logits.argmax(dim=-1) == labels).sum().item()) if len(labels) else 0
+    return (correct / len(labels) if len(labels) else float("nan")), (correct, len(labels))
+
+
 def membership_auc(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> float:
     """AUC of the loss-threshold attack: P(member loss < non-member loss), ties count half."""
     m = np.asarray(member_losses, dtype=np.float64)
@@ -69,9 +80,23 @@ def membership_auc(member_losses: np.ndarray, nonmember_losses: np.ndarray) -> f
     return float((less + 0.5 * ties) / (len(m) * len(n)))
 
 
+def wilson_interval(correct: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion ``correct / n`` (NaN for n = 0); unlike the
+    normal approximation it stays inside [0, 1] and is not empty at 0 or n correct."""
+    if n == 0:
+        return float("nan"), float("nan")
+    p = correct / n
+    denom = 1 + z * z / n
+    centre = (p + z * z / (2 * n)) / denom
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
 class Evaluator:
     """Metrics of image towers on fixed sets; features of the sets are not cached (weights
-    change), but the images and labels are moved to the device once."""
+    change), but the images and labels are moved to the device once. ``reads`` counts the
+    images read per split (the tests check that test images are read only after the
+    choice)."""
 
     def __init__(self, images: np.ndarray, splits: Mapping[str, tuple[np.ndarray, np.ndarray]],
                  head: torch.Tensor, logit_scale: float, prep: DevicePreprocess,
@@ -83,9 +108,11 @@ class Evaluator:
         self.prep = prep
         self.precision = precision
         self.batch_size = batch_size
+        self.reads: Counter = Counter()
 
     def _features(self, visual, split: str) -> tuple[torch.Tensor, torch.Tensor]:
         idx, labels = self.splits[split]
+        self.reads[split] += len(idx)
         feats = image_features(visual, self.images[idx], self.prep,
                                batch_size=self.batch_size, precision=self.precision)
         return feats, torch.tensor(labels, device=self.prep.device)
@@ -93,21 +120,30 @@ class Evaluator:
     def logits(self, feats: torch.Tensor) -> torch.Tensor:
         return self.logit_scale * feats @ self.head.T
 
-    def metrics(self, visual: torch.nn.Module) -> dict[str, float]:
-        """The held-out metrics of one image tower."""
-        out = {}
-        f_feats, f_labels = self._features(visual, "eval_forget")
+    def metrics(self, visual: torch.nn.Module, part: str = "val") -> dict[str, float]:
+        """The held-out metrics of one image tower on the validation (``part="val"``, plain
+        names) or the test images (``"test"``: ``test_<name>``, and intervals)."""
+        if part not in ("val", "test"):
+            raise ValueError(f"part {part!r}: expected 'val' or 'test'")
+        out, counts = {}, {}
+        f_feats, f_labels = self._features(visual, f"{part}_forget")
         f_logits = self.logits(f_feats)
-        out["forget_acc"] = accuracy(f_logits, f_labels)
+        out["forget_acc"], counts["forget_acc"] = correct_count(f_logits, f_labels)
         out["forget_sim"] = (f_feats * self.head[f_labels]).sum(-1).mean().item()
-        for name, split in (("retain_acc", "eval_retain"), ("zeroshot_acc", "eval_zeroshot")):
-            feats, labels = self._features(visual, split)
-            out[name] = accuracy(self.logits(feats), labels)
+        for name, split in (("retain_acc", "retain"), ("zeroshot_acc", "zeroshot")):
+            feats, labels = self._features(visual, f"{part}_{split}")
+            out[name], counts[name] = correct_count(self.logits(feats), labels)
         m_feats, m_labels = self._features(visual, "forget_train")
         member = F.cross_entropy(self.logits(m_feats), m_labels, reduction="none")
         nonmember = F.cross_entropy(f_logits, f_labels, reduction="none")
         out["mia_auc"] = membership_auc(member.cpu().numpy(), nonmember.cpu().numpy())
-        return out
+        if part == "val":
+            return out
+        test = {as_test(k): v for k, v in out.items()}
+        for name, (correct, n) in counts.items():
+            lo, hi = wilson_interval(correct, n)
+            test[f"{as_test(name)}_lo"], test[f"{as_test(name)}_hi"] = lo, hi
+        return test
 
     def calibration(self, visual: torch.nn.Module) -> dict[str, float]:
         """Accuracy on the calibration set D_m (forget and retain parts)."""

@@ -25,6 +25,7 @@ from distforget.checkpoint import write_checkpoint
 from distforget.cli import run_cli
 from distforget.errors import ConfigError
 from distforget.model import ModelSpec
+from distforget.objectives import ACCURACIES, METRICS, parse_target, shortfalls, as_test
 from distforget.pareto import pick
 from distforget.run_folder import RunFolder
 from distforget.trial import Recipe, StageCache, recipe_state
@@ -46,12 +47,41 @@ def select(run: str, *, rule: str | None = None, trial: str | None = None
         if row["status"] != "ok":
             raise ConfigError(f"trial {trial!r} did not finish: {row.get('error')}")
         return row, f"named by the user (--trial {trial})"
-    rule = rule or folder.read_info()["config"]["search"]["pick"]
+    info = folder.read_info()
+    search = info["config"]["search"]
     method_rows = results[results["source"].isin(["trial", "sweep"])]
-    return pick(method_rows, rule)
+    return pick(method_rows, rule or search["pick"], target=parse_target(search["target"]),
+                base=info["base_metrics"])
 
 
-def export_point(run: str, row: Mapping[str, Any], out: str, why: str = "") -> str:
+def point_record(row: Mapping[str, Any], info: Mapping[str, Any], why: str,
+                 confirmation: Mapping[str, Any] | None) -> dict[str, Any]:
+    """What ``distforget.json`` says of a point: its validation metrics, its test metrics with
+    95% intervals (when the search measured them), the base model's, the target and whether
+    the point meets it on validation, and the confirmation seeds."""
+    def present(keys):
+        return {k: float(row[k]) for k in keys if k in row and pd.notna(row[k])}
+
+    search = info["config"]["search"]
+    target = parse_target(search["target"])
+    tests = [as_test(m) for m in METRICS]
+    missed = shortfalls(row, target, info["base_metrics"])
+    return {
+        "trial_id": row["trial_id"], "why": why,
+        "validation": present(METRICS),
+        "test": present(tests + [f"{as_test(m)}_{e}" for m in ACCURACIES
+                                 for e in ("lo", "hi")]),
+        "base": {"validation": present(f"base_{m}" for m in METRICS),
+                 "test": present(f"test_base_{m}" for m in METRICS)},
+        "target": {"rule": search["target"], "met_on_validation": not missed,
+                   "missed_by": missed},
+        "confirmation": dict(confirmation) if confirmation else None,
+        "interval": "95% Wilson score interval over the test images",
+    }
+
+
+def export_point(run: str, row: Mapping[str, Any], out: str, why: str = "",
+                 confirmation: Mapping[str, Any] | None = None) -> str:
     """Write the checkpoint of one results row to ``out`` (a local path or a URI)."""
     folder = RunFolder(run)
     info = folder.read_info()
@@ -62,9 +92,7 @@ def export_point(run: str, row: Mapping[str, Any], out: str, why: str = "") -> s
     recipe = Recipe.from_dict(json.loads(row["recipe"]))
     state = {**full, **recipe_state(base_visual, StageCache(folder.stages),
                                     recipe)}
-    metric_keys = [k for k in row.keys() if k.endswith(("_acc", "_sim", "_auc"))]
-    record = {"recipe": recipe.to_dict(), "trial_id": row["trial_id"], "why": why,
-              "metrics": {k: float(row[k]) for k in metric_keys if pd.notna(row[k])},
+    record = {"recipe": recipe.to_dict(), **point_record(row, info, why, confirmation),
               "params": json.loads(row["params"]) if row.get("params") else {},
               "config": info["config"], "run": str(run)}
     if not storage.is_remote(out):

@@ -126,11 +126,7 @@ def run_forget(prepared: Prepared, cfg: ForgetConfig, *, device: torch.device,
                hooks: StageHooks = StageHooks()) -> StageOutput:
     """Select layers by relative Fisher information and fine-tune them on the forget set."""
     start = time.perf_counter()
-    parallel = parallel or Parallel.current()
-    torch.manual_seed(cfg.seed)
-    visual = prepared.model().visual.to(device)
-    head = prepared.head_tensor(device)
-    prep = prepared.preprocess(device)
+    parallel, visual, head, prep = prepared.stage_start(device, cfg.seed, parallel)
     images = prepared.images
     f, r = prepared.split("forget_train"), prepared.split("retain_train")
 

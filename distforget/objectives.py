@@ -1,10 +1,29 @@
 """The names every result speaks in, declared once and free of torch: the metrics a model is
-measured by, the three objectives of the search with their senses, and Optuna's directions."""
+measured by, the three objectives of the search with their senses, Optuna's directions, and the
+target and pick rules written over them.
+
+A **target** is a comma-separated list of constraints on validation metrics, each absolute or
+relative to the base model's validation value::
+
+    forget_acc<=0.05, retain_acc>=0.9*base, zeroshot_acc>=0.95*base
+
+A **pick rule** chooses the exported point: ``target`` (the default: among points that meet the
+target, the highest ``zeroshot_acc``, then ``retain_acc``), ``knee``, or constraints then an
+objective, e.g. ``forget_acc<=0.05, max zeroshot_acc``.
+"""
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
+from typing import Mapping, Sequence
+
+from distforget.errors import ConfigError
+
 # Every metric of one model (see distforget.evaluate for their definitions).
 METRICS = ("forget_acc", "retain_acc", "zeroshot_acc", "forget_sim", "mia_auc")
+# The accuracies among them: these get test twins with 95% intervals.
+ACCURACIES = ("forget_acc", "retain_acc", "zeroshot_acc")
 
 # The search's objectives and their senses; the Pareto front, the hypervolume and the study all
 # read them from here.
@@ -12,3 +31,120 @@ OBJECTIVES: dict[str, str] = {"forget_acc": "min", "retain_acc": "max", "zerosho
 
 # The same senses as Optuna's study directions, in the same order.
 DIRECTIONS = ["minimize" if sense == "min" else "maximize" for sense in OBJECTIVES.values()]
+
+DEFAULT_TARGET = "forget_acc<=0.05, retain_acc>=0.9*base, zeroshot_acc>=0.95*base"
+
+
+def as_test(metric: str) -> str:
+    """The test-split twin of a (validation) metric name: ``test_<name>``."""
+    return f"test_{metric}"
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """``metric op value`` or, when ``relative``, ``metric op value * base_<metric>``."""
+
+    metric: str
+    op: str
+    value: float
+    relative: bool = False
+
+    def threshold(self, base: Mapping[str, float] | None = None) -> float:
+        if not self.relative:
+            return self.value
+        if base is None or self.metric not in base:
+            raise ValueError(f"constraint {self}: needs the base model's {self.metric}")
+        return self.value * float(base[self.metric])
+
+    def gap(self, value: float, base: Mapping[str, float] | None = None) -> float:
+        """How far ``value`` is from meeting the constraint: <= 0 when it meets it (the form
+        Optuna's ``constraints_func`` takes), else the shortfall in the metric's units."""
+        t = self.threshold(base)
+        return float(value) - t if self.op in ("<=", "<") else t - float(value)
+
+    def met(self, value: float, base: Mapping[str, float] | None = None) -> bool:
+        g = self.gap(value, base)
+        return g < 0 or (g == 0 and self.op in ("<=", ">="))
+
+    def __str__(self) -> str:
+        value = f"{self.value:g}*base" if self.relative else f"{self.value:g}"
+        return f"{self.metric}{self.op}{value}"
+
+
+_CONSTRAINT = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*(\*\s*base)?\s*$")
+_OBJECTIVE = re.compile(r"^\s*(max|min)\s+([a-z_]+)\s*$")
+
+
+def _check_metric(name: str, where: str, text: str) -> None:
+    if name not in METRICS:
+        raise ConfigError(f"{where} {text!r}: unknown metric {name!r}; expected one of "
+                          f"{', '.join(METRICS)}")
+
+
+def parse_target(text: str, where: str = "search.target") -> tuple[Constraint, ...]:
+    """The constraints of a target (see the module docstring)."""
+    out = []
+    for part in [p for p in text.split(",") if p.strip()]:
+        m = _CONSTRAINT.match(part)
+        if not m:
+            raise ConfigError(f"{where} {text!r}: cannot read {part.strip()!r}; expected e.g. "
+                              f"{DEFAULT_TARGET!r}")
+        _check_metric(m.group(1), where, text)
+        out.append(Constraint(m.group(1), m.group(2), float(m.group(3)), bool(m.group(4))))
+    if not out:
+        raise ConfigError(f"{where} {text!r}: expected at least one constraint, e.g. "
+                          f"{DEFAULT_TARGET!r}")
+    return tuple(out)
+
+
+@dataclass(frozen=True)
+class PickRule:
+    """A parsed pick rule: ``kind`` is ``target``, ``knee`` or ``rule`` (constraints, then
+    ``objective`` = (sense, metric))."""
+
+    kind: str
+    constraints: tuple[Constraint, ...] = ()
+    objective: tuple[str, str] | None = None
+
+
+def parse_rule(rule: str, where: str = "search.pick") -> PickRule:
+    """``target``, ``knee``, or constraints then an objective (see the module docstring)."""
+    if rule.strip() in ("target", "knee"):
+        return PickRule(rule.strip())
+    constraints, objective = [], None
+    for part in [p for p in rule.split(",") if p.strip()]:
+        o = _OBJECTIVE.match(part)
+        if o and objective is None:
+            _check_metric(o.group(2), where, rule)
+            objective = (o.group(1), o.group(2))
+        elif _CONSTRAINT.match(part):
+            constraints += parse_target(part, where)
+        else:
+            raise ConfigError(f"{where} {rule!r}: cannot read {part.strip()!r}; expected "
+                              "'target', 'knee' or e.g. 'forget_acc<=0.05, max zeroshot_acc'")
+    if objective is None:
+        raise ConfigError(f"{where} {rule!r}: expected an objective such as 'max zeroshot_acc'")
+    return PickRule("rule", tuple(constraints), objective)
+
+
+def constraint_gaps(metrics: Mapping[str, float], target: Sequence[Constraint],
+                    base: Mapping[str, float] | None) -> list[float]:
+    """Each constraint's gap for one point (<= 0: met); NaN metrics count as unmet by 1."""
+    out = []
+    for c in target:
+        value = metrics.get(c.metric)
+        value = float("nan") if value is None else float(value)
+        out.append(1.0 if value != value else c.gap(value, base))
+    return out
+
+
+def shortfalls(metrics: Mapping[str, float], target: Sequence[Constraint],
+               base: Mapping[str, float] | None) -> list[str]:
+    """Readable misses of a target, e.g. ``forget_acc 0.080 > 0.050 (by 0.030)``."""
+    out = []
+    for c, gap in zip(target, constraint_gaps(metrics, target, base)):
+        if not c.met(metrics.get(c.metric, float("nan")), base) or gap != gap:
+            sign = ">" if c.op in ("<=", "<") else "<"
+            out.append(f"{c.metric} {float(metrics.get(c.metric, float('nan'))):.3f} {sign} "
+                       f"{c.threshold(base):.3f} (by {max(gap, 0.0):.3f})")
+    return out

@@ -15,13 +15,13 @@ completely and keeps the base model's accuracy everywhere else.
 
 from __future__ import annotations
 
-import re
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from distforget.objectives import OBJECTIVES
+from distforget.errors import ConfigError
+from distforget.objectives import OBJECTIVES, Constraint, parse_rule, shortfalls
 
 
 def to_minimize(table: pd.DataFrame, objectives: dict[str, str] = OBJECTIVES) -> np.ndarray:
@@ -129,56 +129,60 @@ def knee(front: pd.DataFrame) -> pd.Series:
     return front.iloc[order[0]]
 
 
-_CONSTRAINT = re.compile(r"^\s*([a-z_]+)\s*(<=|>=|<|>)\s*([-+0-9.eE]+)\s*$")
-_OBJECTIVE = re.compile(r"^\s*(max|min)\s+([a-z_]+)\s*$")
+def violations(rows: pd.DataFrame, constraints: Sequence[Constraint],
+               base: Mapping[str, float] | None) -> np.ndarray:
+    """Total shortfall of each row against the constraints (0 = every one met)."""
+    total = np.zeros(len(rows))
+    for c in constraints:
+        if c.metric not in rows:
+            raise ConfigError(f"constraint {c}: the results have no column {c.metric!r}")
+        values = pd.to_numeric(rows[c.metric], errors="coerce").to_numpy(dtype=np.float64)
+        gap = np.array([1.0 if v != v else c.gap(v, base) for v in values])
+        met = np.array([v == v and c.met(v, base) for v in values])
+        total += np.where(met, 0.0, np.maximum(gap, 1e-12))
+    return total
 
 
-def parse_rule(rule: str) -> tuple[list[tuple[str, str, float]], tuple[str, str] | None]:
-    """``"knee"``, or comma-separated constraints then an objective, e.g.
-    ``"forget_acc<=0.05, max zeroshot_acc"``. Returns (constraints, objective)."""
-    from distforget.errors import ConfigError
-
-    if rule.strip() == "knee":
-        return [], None
-    constraints, objective = [], None
-    for part in [p for p in rule.split(",") if p.strip()]:
-        m, o = _CONSTRAINT.match(part), _OBJECTIVE.match(part)
-        if m:
-            constraints.append((m.group(1), m.group(2), float(m.group(3))))
-        elif o and objective is None:
-            objective = (o.group(1), o.group(2))
-        else:
-            raise ConfigError(f"pick rule {rule!r}: cannot read {part.strip()!r}; expected "
-                              "'knee' or e.g. 'forget_acc<=0.05, max zeroshot_acc'")
-    if objective is None:
-        raise ConfigError(f"pick rule {rule!r}: expected an objective such as 'max zeroshot_acc'")
-    return constraints, objective
-
-
-def pick(table: pd.DataFrame, rule: str) -> tuple[pd.Series, str]:
+def pick(table: pd.DataFrame, rule: str, *, target: Sequence[Constraint] = (),
+         base: Mapping[str, float] | None = None) -> tuple[pd.Series, str]:
     """The row a rule picks among usable rows, and a sentence saying why.
 
-    Constraint rules: among rows meeting every constraint, the best by the objective; if none
-    meets them, the row with the smallest total violation (ties: best objective)."""
+    ``target``: among rows meeting every constraint of ``target`` (thresholds relative to
+    ``base``, the base model's validation metrics), the highest ``zeroshot_acc``, then
+    ``retain_acc``, then the lowest ``forget_acc``; if none meets it, the row with the smallest
+    total shortfall, and the sentence says by how much the target is missed. ``knee``: see
+    ``knee``. Constraint rules: among rows meeting every constraint, the best by the objective;
+    if none meets them, the row with the smallest total violation (ties: best objective)."""
     rows = usable(table)
     if rows.empty:
         raise ValueError("no finished trial to pick from")
-    constraints, objective = parse_rule(rule)
-    if objective is None:
-        front = pareto_front(rows)
-        return knee(front), ("knee of the Pareto front: the point closest to the ideal point with "
-                             "each objective scaled to [0, 1] over the front")
-    for name, *_ in constraints + [(objective[1],)]:
-        if name not in rows:
-            from distforget.errors import ConfigError
-            raise ConfigError(f"pick rule {rule!r}: unknown metric {name!r}")
-    violation = np.zeros(len(rows))
-    for name, op, value in constraints:
-        v = rows[name].to_numpy(dtype=np.float64)
-        gap = {"<=": v - value, "<": v - value, ">=": value - v, ">": value - v}[op]
-        strict = op in ("<", ">")
-        violation += np.where((gap < 0) | (~strict & (gap == 0)), 0.0, np.maximum(gap, 1e-12))
-    sense, metric = objective
+    parsed = parse_rule(rule)
+    if parsed.kind == "knee":
+        return knee(pareto_front(rows)), ("knee of the Pareto front: the point closest to the "
+                                          "ideal point with each objective scaled to [0, 1] "
+                                          "over the front")
+    if parsed.kind == "target":
+        if not target:
+            raise ConfigError("pick rule 'target' needs a target (search.target)")
+        violation = violations(rows, target, base)
+        z, r, f = (rows[m].to_numpy(dtype=np.float64) for m in
+                   ("zeroshot_acc", "retain_acc", "forget_acc"))
+        text = ", ".join(str(c) for c in target)
+        feasible = violation == 0
+        if feasible.any():
+            order = np.lexsort((f, -r, -z, ~feasible))
+            return rows.iloc[order[0]], (
+                f"the highest zeroshot_acc (then retain_acc) among the {int(feasible.sum())} "
+                f"validation points that meet the target {text!r}")
+        idx = np.lexsort((-z, violation))[0]
+        missed = "; ".join(shortfalls(rows.iloc[idx].to_dict(), target, base))
+        return rows.iloc[idx], (f"TARGET NOT MET: no validation point meets {text!r}; this is "
+                                f"the nearest one (total shortfall {violation[idx]:.3f}: "
+                                f"{missed})")
+    sense, metric = parsed.objective
+    if metric not in rows:
+        raise ConfigError(f"pick rule {rule!r}: unknown metric {metric!r}")
+    violation = violations(rows, parsed.constraints, base)
     score = rows[metric].to_numpy(dtype=np.float64) * (1 if sense == "max" else -1)
     feasible = violation == 0
     if feasible.any():

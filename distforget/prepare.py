@@ -27,6 +27,7 @@ from distforget.evaluate import Evaluator, image_features, zero_shot_logits
 from distforget.model import (ModelSpec, check_model_name, create, load_pretrained,
                               state_to_numpy, tokenizer_for)
 from distforget.synthetic import synthesize
+from distforget.training import Parallel
 from distforget.zeroshot import build_head, templates_for
 
 
@@ -72,6 +73,14 @@ class Prepared:
     def head_tensor(self, device: torch.device) -> torch.Tensor:
         return torch.from_numpy(np.array(self.head)).to(device)
 
+    def stage_start(self, device: torch.device, seed: int, parallel: Parallel | None
+                    ) -> tuple[Parallel, torch.nn.Module, torch.Tensor, DevicePreprocess]:
+        """What every training stage begins with: its process group, the seeded generator, and
+        the base image tower, zero-shot head and preprocessing on ``device``."""
+        torch.manual_seed(seed)
+        return (parallel or Parallel.current(), self.model().visual.to(device),
+                self.head_tensor(device), self.preprocess(device))
+
     def evaluator(self, device: torch.device, precision: str = "auto") -> Evaluator:
         splits = {k: (v.indices, v.labels) for k, v in self.scenario.splits.items()}
         return Evaluator(self.images, splits, self.head_tensor(device), self.logit_scale,
@@ -114,7 +123,7 @@ def prepare(cfg: RunConfig, device: torch.device, *, cache_dir: Path | None = No
     if weights == "embedded":
         from distforget.pretrain import ensure_pretrained, pretrained_info
         path = ensure_pretrained(cfg.model, cfg.pretrain, data, templates, device, cache_dir,
-                                 log=log)
+                                 log=log, holdout_fraction=cfg.scenario.holdout_fraction)
         pretrain_info = pretrained_info(path)
         weights = str(path)
     model, spec = load_pretrained(cfg.model.name, weights, cfg.model.quick_gelu,

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 
 from distforget.config import ModelConfig, PretrainConfig, RunConfig
+from distforget.data.scenario import held_out_mask
 from distforget.data.sources import ImageTable, default_cache_dir
 from distforget.data.transforms import DevicePreprocess
 from distforget.evaluate import accuracy, image_features
@@ -88,12 +89,14 @@ def spec_for(name: str, weights: str) -> ModelSpec:
 
 
 def split_rows(data: ImageTable, holdout_fraction: float = 0.25) -> tuple[np.ndarray, np.ndarray]:
-    """Training and held-out rows: the data's splits, or a content-hash rule without them."""
+    """Training and held-out rows, by the one hold-out rule scenario building uses
+    (``distforget.data.scenario.held_out_mask``), so pretraining never sees a validation or
+    test image."""
+    held = held_out_mask(data, holdout_fraction)
     if data.has_splits:
         train = (data.table["split"] == "train").to_numpy()
-        return np.flatnonzero(train), np.flatnonzero(~train)
-    u = np.array([int(s[:13], 16) / 16**13 for s in data.table["sha"]])
-    return np.flatnonzero(u >= holdout_fraction), np.flatnonzero(u < holdout_fraction)
+        return np.flatnonzero(train & ~held), np.flatnonzero(held)
+    return np.flatnonzero(~held), np.flatnonzero(held)
 
 
 def pretrain_clip(data: ImageTable, rows: np.ndarray, *, name: str, cfg: PretrainConfig,
@@ -174,10 +177,12 @@ def cache_key(model: ModelConfig, cfg: PretrainConfig, data: ImageTable, rows: n
 
 def ensure_pretrained(model: ModelConfig, cfg: PretrainConfig, data: ImageTable, templates,
                       device: torch.device, cache_dir: Path | None = None,
-                      log: Callable[[str], None] = print) -> Path:
-    """The cached pretrained weights for this data and these knobs, training them if absent."""
+                      log: Callable[[str], None] = print, holdout_fraction: float = 0.25
+                      ) -> Path:
+    """The cached pretrained weights for this data and these knobs, training them if absent;
+    ``holdout_fraction`` is ``scenario.holdout_fraction`` (data without a split column)."""
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    train_rows, held_rows = split_rows(data)
+    train_rows, held_rows = split_rows(data, holdout_fraction)
     key = cache_key(model, cfg, data, train_rows, templates)
     path = cache_dir / "models" / f"{model.name}-{key}.safetensors"
     if path.is_file():
@@ -225,7 +230,8 @@ def main(argv: list[str] | None = None) -> int:
         device = pick_device(args.device)
         data = load_data(cfg.data)
         templates = templates_for(cfg.data.templates, cfg.data.format, data.classes)
-        path = ensure_pretrained(cfg.model, cfg.pretrain, data, templates, device)
+        path = ensure_pretrained(cfg.model, cfg.pretrain, data, templates, device,
+                                 holdout_fraction=cfg.scenario.holdout_fraction)
         info = pretrained_info(path)
         print(json.dumps({"weights": str(path), **info}, indent=2))
         if args.out:

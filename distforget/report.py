@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import io
+import json
 from typing import Any
 
 import numpy as np
@@ -16,9 +17,12 @@ import pandas as pd
 
 from distforget import storage
 from distforget.cli import run_cli
-from distforget.objectives import METRICS, OBJECTIVES
+from distforget.config import from_dict, replace
+from distforget.confirm import METHOD_SOURCES, baseline_picks, choose, confirmation_summary
+from distforget.objectives import (ACCURACIES, METRICS, OBJECTIVES, parse_target, shortfalls,
+                                   as_test)
 from distforget.pareto import (hypervolume, normalized_hypervolume, pareto_front,
-                               pick, reference_point, to_minimize, usable)
+                               reference_point, to_minimize, usable)
 from distforget.results import write_table
 from distforget.run_folder import RunFolder
 
@@ -73,67 +77,158 @@ def plot_front(method_rows: pd.DataFrame, front: pd.DataFrame, chosen: pd.Series
     return buf.getvalue()
 
 
+def budgets(results: pd.DataFrame) -> pd.DataFrame:
+    """Per method: the trials run (each trains), the points evaluated (trials and their extra
+    soups) and the summed trial wall time."""
+    rows = []
+    for (source, method), group in results.groupby(["source", "method"], sort=True):
+        trials = group[group["source"] != "sweep"]
+        rows.append({"source": source, "method": method, "trials": len(trials),
+                     "failed": int((trials["status"] != "ok").sum()),
+                     "wall_s": float(pd.to_numeric(trials["wall_s"]).fillna(0).sum())})
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    sweeps = results[results["source"] == "sweep"].groupby("method").size()
+    table["points"] = table["trials"] + table.apply(
+        lambda r: int(sweeps.get(r["method"], 0)) if r["source"] == "trial" else 0, axis=1)
+    return table[["source", "method", "trials", "points", "failed", "wall_s"]]
+
+
+def with_interval(row: pd.Series, metric: str) -> str:
+    """``0.912 [0.871, 0.941]``: a test accuracy and its 95% interval ('' if not measured)."""
+    value = row.get(as_test(metric))
+    if value is None or value != value:
+        return ""
+    lo, hi = row.get(f"{as_test(metric)}_lo"), row.get(f"{as_test(metric)}_hi")
+    return f"{value:.3f} [{lo:.3f}, {hi:.3f}]" if lo == lo and hi == hi else f"{value:.3f}"
+
+
+def point_lines(row: pd.Series) -> list[str]:
+    """One point's validation and test metrics as a small table."""
+    lines = ["| metric | validation | test [95% interval] | base validation | base test |",
+             "| --- | --- | --- | --- | --- |"]
+    for m in METRICS:
+        test = with_interval(row, m) if m in ACCURACIES else _fmt(row.get(as_test(m)))
+        lines.append(f"| {m} | {_fmt(row.get(m))} | {test} | {_fmt(row.get(f'base_{m}'))} | "
+                     f"{_fmt(row.get(f'test_base_{m}'))} |")
+    return lines
+
+
 def build_report(run: str, rule: str | None = None) -> dict[str, Any]:
-    """Rebuild the front, plot and report of a run; returns the chosen row and why."""
+    """Rebuild the front, plot and report of a run; returns the chosen row and why.
+
+    Everything chosen here (front, pick, hypervolume) is computed on validation metrics; the
+    test columns, where the search measured them, are only shown."""
     folder = RunFolder(run)
     info = folder.read_info()
-    rule = rule or info["config"]["search"]["pick"]
+    cfg = from_dict(info["config"])
+    if rule is not None:
+        cfg = replace(cfg, {"search.pick": rule})
     base = info["base_metrics"]
     results = folder.read_results()
-    method_rows = results[results["source"].isin(["trial", "sweep"])]
+    method_rows = results[results["source"].isin(METHOD_SOURCES)]
     baselines = usable(results[results["source"] == "baseline"])
     front = pareto_front(method_rows)
     write_table(folder.path(folder.PARETO), front)
     storage.write_bytes(folder.path(folder.PARETO_CSV), front.to_csv(index=False).encode())
 
-    chosen, why = (pick(method_rows, rule) if not usable(method_rows).empty else (None, ""))
+    chosen, why = choose(results, cfg, base)
     ref = reference_point(base)
     hv_raw = hypervolume(to_minimize(usable(method_rows)), ref)
     hv = normalized_hypervolume(method_rows, base)
     storage.write_bytes(folder.path(folder.PLOT),
                         plot_front(usable(method_rows), front, chosen, baselines, base))
 
-    trials = results[results["source"] == "trial"]
-    lines = [f"# distforget report: {info['config']['output']['name']}", ""]
-    sc = info["config"]["scenario"]
-    target = (f"subgroup `{sc['forget_subgroup']}` of class `{sc['forget_class']}`"
-              if sc["forget_subgroup"] else f"the whole class `{sc['forget_class']}`")
+    target = parse_target(cfg.search.target)
+    splits = info.get("prepared", {}).get("splits", {})
+    lines = [f"# distforget report: {cfg.output.name}", ""]
+    sc = cfg.scenario
+    what = (f"subgroup `{sc.forget_subgroup}` of class `{sc.forget_class}`"
+            if sc.forget_subgroup else f"the whole class `{sc.forget_class}`")
     lines += [f"Model `{info['model']['name']}` (weights: {info['model']['weights']}); forget "
-              f"{target}; subgroups by {info['prepared']['subgroup_rule']}.",
-              "", f"Trials: {len(trials)} ({int((trials['status'] == 'ok').sum())} finished, "
-              f"{int((trials['status'] == 'failed').sum())} failed); "
-              f"{len(method_rows) - len(trials)} extra soups measured in trials; "
-              f"stage cache: {int(trials['stage_cache_hits'].fillna(0).sum())} hits, "
-              f"{int(trials['stage_cache_misses'].fillna(0).sum())} misses.", ""]
-    lines += ["## Base model", "", markdown_table(pd.DataFrame([base]), list(METRICS)), ""]
-    lines += ["## Pareto front", "", f"{len(front)} non-dominated points over forget_acc "
-              "(lower), retain_acc (higher), zeroshot_acc (higher).", "",
-              markdown_table(front, SHOWN + [c for c in front if "." in c]), ""]
+              f"{what}; subgroups by {info['prepared']['subgroup_rule']}.", ""]
+    lines += ["## Protocol", "",
+              "Validation chooses, test reports. Every choice (the search's objectives and "
+              "constraints, the soup sweeps, the Pareto front, the pick, the hypervolume) sees "
+              "the validation images only (" + ", ".join(
+                  f"{k[4:]} {v}" for k, v in splits.items() if k.startswith("val_")) +
+              "); the test images (" + ", ".join(
+                  f"{k[5:]} {v}" for k, v in splits.items() if k.startswith("test_")) +
+              ") are read once the point is chosen, for the base model, the front, the chosen "
+              "point, its confirmation runs and the baselines. Test accuracies carry 95% Wilson "
+              "score intervals.", "",
+              f"Target: `{cfg.search.target}` (relative thresholds against the base model's "
+              "validation metrics).", ""]
+    table = budgets(results)
+    lines += ["## Budgets as run", ""]
+    if not table.empty:
+        lines += [markdown_table(table, list(table.columns)), ""]
+    if cfg.search.baseline_trials == 1 and cfg.search.baselines:
+        lines += ["Each baseline ran once at its default settings (not searched): one point "
+                  "each, against the method's searched trials and soups above.", ""]
+    lines += ["## Base model", "", markdown_table(pd.DataFrame([{
+        **{m: base.get(m) for m in METRICS},
+        **{as_test(m): results[f"test_base_{m}"].dropna().iloc[0]
+           for m in METRICS if f"test_base_{m}" in results
+           and results[f"test_base_{m}"].notna().any()}}]),
+        list(METRICS) + [as_test(m) for m in METRICS]), ""]
+    lines += ["## Pareto front", "", f"{len(front)} non-dominated validation points over "
+              "forget_acc (lower), retain_acc (higher), zeroshot_acc (higher), with their test "
+              "metrics.", "",
+              markdown_table(front, SHOWN + [as_test(m) for m in ACCURACIES]
+                             + [c for c in front if "." in c]), ""]
     lines += ["## Chosen point", ""]
     if chosen is not None:
-        lines += [f"Rule `{rule}`: {why}.", "", markdown_table(pd.DataFrame([chosen]), SHOWN), ""]
+        row = results[results["trial_id"] == chosen["trial_id"]].iloc[0]
+        missed = shortfalls(row, target, base)
+        lines += [f"Rule `{cfg.search.pick}`: {why}.", "",
+                  f"Point `{row['trial_id']}` (method {row['method']}, alpha "
+                  f"{_fmt(row.get('alpha'))}); target on validation: "
+                  f"{'met' if not missed else 'NOT MET: ' + '; '.join(missed)}.", "",
+                  *point_lines(row), ""]
+        lines += confirmation_lines(results, row, target)
     else:
         lines += ["No finished trial yet.", ""]
     lines += ["## Hypervolume", "",
               f"{hv_raw:.4f} against the reference point (forget_acc={ref[0]:.3f}, "
               f"retain_acc=0, zeroshot_acc=0) (the base model's forget accuracy, no accuracy "
               f"kept); normalised by the ideal box: **{hv:.3f}** (1.0 = forgets completely and "
-              "keeps the base model's retain and zero-shot accuracy).", ""]
+              "keeps the base model's retain and zero-shot accuracy). Validation metrics.", ""]
     if not baselines.empty:
-        rows = []
-        for method, group in baselines.groupby("method", sort=True):
-            best, _ = pick(group, rule if rule != "knee" else
-                           "forget_acc<=0.05, max zeroshot_acc")
-            rows.append({**best.to_dict(), "hypervolume": normalized_hypervolume(group, base)})
-        lines += ["## Baselines", "", "Best point of each baseline (same splits and budget) "
-                  "under the same rule (the knee rule reads as `forget_acc<=0.05, max "
-                  "zeroshot_acc` for a single point), with its normalised hypervolume.", "",
-                  markdown_table(pd.DataFrame(rows), ["method"] + SHOWN[2:-1] + ["hypervolume"]),
-                  ""]
+        rows = [{**best.to_dict(), "hypervolume": normalized_hypervolume(
+                    baselines[baselines["method"] == method], base)}
+                for method, best in baseline_picks(results, cfg, base).items()]
+        lines += ["## Baselines", "", "Each baseline's point chosen by the same rule on "
+                  "validation, on the same splits, with its test metrics and normalised "
+                  "hypervolume (validation).", "",
+                  markdown_table(pd.DataFrame(rows), ["method"] + SHOWN[2:-1]
+                                 + [as_test(m) for m in ACCURACIES] + ["hypervolume"]), ""]
     lines += [f"![front]({folder.PLOT})", ""]
     storage.write_bytes(folder.report, "\n".join(lines).encode())
-    return {"chosen": None if chosen is None else chosen.to_dict(), "why": why, "rule": rule,
-            "hypervolume": hv, "front_size": len(front)}
+    return {"chosen": None if chosen is None else chosen.to_dict(), "why": why,
+            "rule": cfg.search.pick, "hypervolume": hv, "front_size": len(front)}
+
+
+def confirmation_lines(results: pd.DataFrame, row: pd.Series, target) -> list[str]:
+    """The chosen point's seeds: each seed's test metrics, mean and spread, target per seed."""
+    summary = confirmation_summary(results, row.to_dict(), target)
+    if len(summary["seeds"]) < 2:
+        return []
+    lines = ["### Confirmation seeds", "",
+             "The chosen recipe trained again with other stage seeds (same values, same soup); "
+             "test metrics, target judged against the base model's test metrics.", "",
+             "| run | seed offset | test forget_acc | test retain_acc | test zeroshot_acc | "
+             "target met |", "| --- | --- | --- | --- | --- | --- |"]
+    for s in summary["seeds"]:
+        lines.append(f"| {s['trial_id']} | +{s['seed_offset']} | " + " | ".join(
+            _fmt(s["test"][m]) for m in ACCURACIES) + " | " +
+            ("yes" if s["target_met"] else "no: " + "; ".join(s["target_missed_by"])) + " |")
+    lines.append("| mean ± sd | | " + " | ".join(
+        f"{summary['mean'][m]:.3f} ± {summary['std'][m]:.3f}" for m in ACCURACIES) + " | " +
+        ("on every seed" if summary["target_met_on_every_seed"] else "not on every seed")
+        + " |")
+    return lines + [""]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,8 +240,15 @@ def main(argv: list[str] | None = None) -> int:
 
     def run(args) -> int:
         out = build_report(args.run, args.pick)
+        chosen = out["chosen"]["trial_id"] if out["chosen"] else None
         print(f"front: {out['front_size']} points; hypervolume {out['hypervolume']:.3f}; "
-              f"chosen: {out['chosen']['trial_id'] if out['chosen'] else None} ({out['why']})")
+              f"chosen by `{out['rule']}`: {chosen} ({out['why']})")
+        best = storage.join(RunFolder(args.run).best, "distforget.json")
+        if storage.exists(best):
+            held = json.loads(storage.read_bytes(best))["trial_id"]
+            print(f"best/ holds {held}" + ("" if held == chosen else
+                  f"; to export {chosen} instead: distforget export --run {args.run} "
+                  f"--pick '{out['rule']}' --out {RunFolder(args.run).best}"))
         return 0
 
     return run_cli(parser, run, argv)

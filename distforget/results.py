@@ -1,8 +1,9 @@
 """The results table: one row per trial (and per extra soup a trial measured), appended as
 trials finish, so fronts, reports and plots can be rebuilt without a GPU.
 
-Columns: ``trial_id``, ``parent_id`` (the trial a sweep point belongs to), ``source`` (trial,
-sweep or baseline), ``status`` (ok or failed), ``error``, ``method``, every searched value under
+Columns: ``trial_id``, ``parent_id`` (the trial a sweep point belongs to, or the point a
+confirmation run repeats), ``source`` (``trial`` and its soups ``sweep``: the method's search;
+``baseline``, with a searched baseline's soups; ``confirm``), ``status`` (ok or failed), ``error``, ``method``, every searched value under
 its config key (``forget.lr``, ...), ``alpha``/``beta`` (the soup), every metric and its
 ``base_`` twin, ``calib_*``, ``wall_s``, stage-cache hits and misses, ``train_steps``, and
 ``recipe``/``params`` as JSON.
@@ -42,7 +43,8 @@ def rows_from_record(record: dict[str, Any]) -> list[dict[str, Any]]:
                 sweep_params[key] = value
         rows.append({**row, **point["metrics"], **sweep_params,
                      "trial_id": f"{record['trial_id']}~{i}", "parent_id": record["trial_id"],
-                     "source": "sweep", "alpha": recipe["alpha"], "beta": recipe["beta"],
+                     "source": "sweep" if record["source"] == "trial" else record["source"],
+                     "alpha": recipe["alpha"], "beta": recipe["beta"],
                      "recipe": json.dumps(recipe), "params": json.dumps(sweep_params,
                                                                         sort_keys=True),
                      "stage_cache_hits": 0, "stage_cache_misses": 0, "train_steps": 0,

@@ -24,7 +24,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import optuna
@@ -35,7 +35,8 @@ from distforget.config import RunConfig
 from distforget.data.sources import default_cache_dir
 from distforget.errors import ConfigError
 from distforget.results import append_results, read_results, rows_from_record
-from distforget.study import add_sweep_points, objective_values
+from distforget.objectives import Constraint
+from distforget.study import add_sweep_points, objective_values, set_constraints
 
 # Keys that may change between a search and its resumption.
 RESUMABLE = {("search", "num_trials"), ("search", "max_concurrent_trials"), ("search", "pick"),
@@ -246,9 +247,11 @@ class StudyStore:
             storage.write_bytes(self.remote, self.local.read_bytes())
 
 
-def reconcile_study(study: optuna.Study, folder: RunFolder) -> dict[str, int]:
+def reconcile_study(study: optuna.Study, folder: RunFolder, target: Sequence[Constraint] = ()
+                    ) -> dict[str, int]:
     """After an interrupted search: tell the study about trials that finished (their record was
-    written) but were never told, and mark the others, which were cut off, as failed."""
+    written) but were never told, with their constraint values against ``target``, and mark
+    the others, which were cut off, as failed."""
     counts = {"told": 0, "failed": 0}
     running = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
     for t in study.get_trials(deepcopy=False, states=running):
@@ -256,8 +259,10 @@ def reconcile_study(study: optuna.Study, folder: RunFolder) -> dict[str, int]:
         record = folder.read_trial_record(tid) if tid else None
         values = objective_values(record) if record and record.get("status") == "ok" else None
         if values is not None:
+            if target:
+                set_constraints(optuna.Trial(study, t._trial_id), record, target)
             study.tell(t.number, values)
-            add_sweep_points(study, t.distributions, record)
+            add_sweep_points(study, t.distributions, record, target)
             counts["told"] += 1
         else:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)

@@ -46,6 +46,16 @@ class SearchSpace:
         data = apply_overrides(base.to_dict(), {"method": self.method, **self.fixed, **values})
         return build(RunConfig, data)
 
+    def with_soups_of(self, other: "SearchSpace") -> "SearchSpace":
+        """This space with ``other``'s soup handling: its ``restore.*`` fixed values and
+        searched ranges and its sweep. A searched baseline gets the method's soups this way."""
+        soup = {k: v for k, v in other.params.items()
+                if k.startswith("restore.") and k != "restore.beta"}
+        fixed = {k: v for k, v in other.fixed.items() if k.startswith("restore.")}
+        sweep = tuple(dict.fromkeys((a, 0.0) for a, _ in other.sweep))
+        return SearchSpace(method=self.method, fixed={**self.fixed, **fixed},
+                           params={**self.params, **soup}, sweep=sweep, source=self.source)
+
 
 def shipped_spaces() -> dict[str, Path]:
     """Spaces that ship with distforget (the repository's ``search_spaces/`` folder)."""

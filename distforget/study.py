@@ -1,14 +1,24 @@
 """Optuna pieces shared by the Ray search and the in-process benchmarks: samplers, objective
-values, and feeding a trial's extra soups to the study."""
+values, the target as Optuna constraints, and feeding a trial's extra soups to the study.
+
+The target (``search.target``) reaches the sampler as Optuna 5's trial constraints: before a
+trial is told, each constraint's value (<= 0 met, from its validation metrics and the base
+model's validation metrics) is set with ``Trial.set_constraint`` under the constraint's text
+(e.g. ``retain_acc>=0.9*base``); the extra soups a trial measured are added with theirs
+(``create_trial(constraints=...)``). TPE, NSGA-II and GP read them from the trials and steer
+towards points that meet the target (no ``constraints_func``, which Optuna 5 deprecates); the
+random sampler ignores them.
+"""
 
 from __future__ import annotations
 
 import math
+from typing import Any, Mapping, Sequence
 
 import optuna
 
 from distforget.errors import ConfigError
-from distforget.objectives import OBJECTIVES
+from distforget.objectives import OBJECTIVES, Constraint, constraint_gaps
 
 
 def nsga2_population(num_trials: int) -> int:
@@ -31,15 +41,32 @@ def make_sampler(name: str, seed: int, num_trials: int = 200) -> optuna.samplers
     raise ConfigError(f"search.sampler {name!r}: expected tpe, nsga2, gp or random")
 
 
+def constraint_values(metrics: Mapping[str, Any], target: Sequence[Constraint]
+                      ) -> dict[str, float]:
+    """A point's constraint values (<= 0 met) by constraint text; relative thresholds use the
+    point's ``base_<metric>`` values (the base model's validation metrics)."""
+    base = {k[len("base_"):]: v for k, v in metrics.items() if k.startswith("base_")}
+    return dict(zip((str(c) for c in target), constraint_gaps(metrics, target, base)))
+
+
+def set_constraints(trial: optuna.Trial, metrics: Mapping[str, Any],
+                    target: Sequence[Constraint]) -> None:
+    """Set a running trial's constraint values before it is told (see the module docstring)."""
+    for key, value in constraint_values(metrics, target).items():
+        trial.set_constraint(key, value)
+
+
 def objective_values(metrics: dict) -> list[float] | None:
     """The study's values for a result, or None when one of them is missing or NaN."""
     values = [float(metrics.get(k, float("nan"))) for k in OBJECTIVES]
     return None if any(math.isnan(v) for v in values) else values
 
 
-def add_sweep_points(study: optuna.Study, distributions: dict, record: dict) -> int:
+def add_sweep_points(study: optuna.Study, distributions: dict, record: dict,
+                     target: Sequence[Constraint] = ()) -> int:
     """Add the extra soups a trial measured as completed trials of the study (same stage
-    parameters, other soup coefficients); returns how many were added."""
+    parameters, other soup coefficients), with their constraint values when there is a
+    ``target``; returns how many were added."""
     if "restore.alpha" not in distributions or record.get("status") != "ok":
         return 0
     added = 0
@@ -54,6 +81,7 @@ def add_sweep_points(study: optuna.Study, distributions: dict, record: dict) -> 
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions=distributions, values=values,
             user_attrs={"sweep_of": record["trial_id"],
-                        "tune_trial_id": f"{record['trial_id']}~{i}"}))
+                        "tune_trial_id": f"{record['trial_id']}~{i}"},
+            constraints=constraint_values({**record, **point["metrics"]}, target) or None))
         added += 1
     return added

@@ -21,10 +21,10 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 
 from distforget import storage
-from distforget.config import RunConfig, to_dict
+from distforget.config import BASELINES, RunConfig, to_dict
 from distforget.objectives import METRICS
 from distforget.prepare import Prepared
-from distforget.restore import choose_alpha, soup
+from distforget.restore import choose_alpha, interpolate, soup
 from distforget.training import Parallel, StageHooks, StageOutput
 
 
@@ -142,13 +142,17 @@ def recipe_state(base: dict[str, torch.Tensor], cache: StageCache, recipe: Recip
         forgotten = cache.get("forget", stages["forget"]).state
         reminded = cache.get("remind", stages["remind"]).state
         return soup(base, forgotten, reminded, recipe.alpha, recipe.beta)
-    return cache.get("baseline", stages["baseline"]).state
+    trained = cache.get("baseline", stages["baseline"]).state
+    if recipe.alpha == 1.0:
+        return trained
+    return interpolate([base, trained], [1.0 - recipe.alpha, recipe.alpha])
 
 
 @torch.no_grad()
 def evaluate_recipes(prepared: Prepared, cache: StageCache, recipes: Sequence[Recipe],
                      which: str, device: torch.device, precision: str = "auto") -> list[dict]:
-    """Metrics for each recipe: held-out (``which="eval"``) or calibration ones."""
+    """Metrics for each recipe: ``which`` is ``"val"`` (validation: what choices see),
+    ``"test"`` (read only after the choice) or ``"calibration"``."""
     visual = prepared.model().visual.to(device)
     evaluator = prepared.evaluator(device, precision)
     base = prepared.base_visual_state()
@@ -156,7 +160,8 @@ def evaluate_recipes(prepared: Prepared, cache: StageCache, recipes: Sequence[Re
     for recipe in recipes:
         state = recipe_state(base, cache, recipe)
         visual.load_state_dict({k[len("visual."):]: v for k, v in state.items()})
-        out.append(evaluator.metrics(visual) if which == "eval" else evaluator.calibration(visual))
+        out.append(evaluator.calibration(visual) if which == "calibration"
+                   else evaluator.metrics(visual, which))
     return out
 
 
@@ -216,11 +221,12 @@ class TrialResult:
 
 
 def trial_record(*, trial_id: str, source: str, method: str, params: dict[str, Any],
-                 result: TrialResult | None = None, error: str | None = None) -> dict[str, Any]:
+                 result: TrialResult | None = None, error: str | None = None,
+                 parent_id: str | None = None) -> dict[str, Any]:
     """A trial's record (what ``trials/<id>.json`` holds and ``results.parquet`` rows come
     from): identity, status, params, and with a result every metric, the recipe, the stages and
-    the extra soups measured."""
-    record: dict[str, Any] = {"trial_id": trial_id, "parent_id": None, "source": source,
+    the extra soups measured. ``parent_id`` names the point a confirmation run repeats."""
+    record: dict[str, Any] = {"trial_id": trial_id, "parent_id": parent_id, "source": source,
                               "status": "ok" if error is None else "failed", "error": error,
                               "method": method, "params": params}
     if result is not None:
@@ -258,21 +264,28 @@ def run_trial(prepared: Prepared, cfg: RunConfig, *, launch: Launch, cache: Stag
                               **{k: output.meta[k] for k in ("steps", "epochs_run", "layers",
                                                              "wall_s") if k in output.meta}}
     keys = [(t.stage, t.key) for t in tasks]
-    recipe = Recipe(cfg.method, tuple(keys), cfg.restore.alpha, cfg.restore.beta) \
-        if cfg.method == "three_stage" else Recipe(cfg.method, tuple(keys))
+    # The three-stage method always ends in a soup with the base model; a baseline does when it
+    # is searched with a sweep (it then gets the method's soups, so the soup's share of a gain
+    # shows). Baseline soups lie on the line to the base model (beta 0).
+    soups = cfg.method == "three_stage" or (cfg.method in BASELINES and bool(sweep))
+    beta = cfg.restore.beta if cfg.method == "three_stage" else 0.0
+    recipe = Recipe(cfg.method, tuple(keys), cfg.restore.alpha, beta) if soups \
+        else Recipe(cfg.method, tuple(keys))
 
     calibration: list[dict] = []
-    if cfg.method == "three_stage" and cfg.restore.choose == "calibration":
+    if soups and cfg.restore.choose == "calibration":
         grid = [float(a) for a in cfg.restore.grid]
         rows = dict(zip(grid, evaluate([recipe.with_soup(a) for a in grid], "calibration")))
         alpha, calibration = choose_alpha(lambda a: rows[a], grid, cfg.restore.forget_target)
         recipe = recipe.with_soup(alpha)
 
     points = [recipe]
-    if cfg.method == "three_stage":
-        points += [recipe.with_soup(a, b) for a, b in sweep
-                   if (float(a), float(b)) != (recipe.alpha, recipe.beta)]
-    measured = evaluate(points, "eval")
+    if soups:
+        wanted = dict.fromkeys((float(a), float(b) if cfg.method == "three_stage" else 0.0)
+                               for a, b in sweep)
+        points += [recipe.with_soup(a, b) for a, b in wanted if (a, b) != (recipe.alpha,
+                                                                        recipe.beta)]
+    measured = evaluate(points, "val")
     base = {f"base_{k}": prepared.base_metrics[k] for k in METRICS}
     chosen = next((c for c in calibration if c["alpha"] == recipe.alpha), {})
     metrics = {**measured[0], **base,

@@ -20,8 +20,8 @@ from distforget.config import BASELINES, METHODS, RunConfig, replace
 from distforget.errors import ConfigError
 from distforget.storage import atomic_path
 
-SHOWN = ("method", "forget_acc", "retain_acc", "zeroshot_acc", "forget_sim", "mia_auc",
-         "alpha", "wall_s")
+SHOWN = ("method", "forget_acc", "retain_acc", "zeroshot_acc", "test_forget_acc",
+         "test_retain_acc", "test_zeroshot_acc", "mia_auc", "alpha", "wall_s")
 
 
 def write_json_atomic(path: Path, data) -> None:
@@ -35,20 +35,25 @@ def unlearn(cfg: RunConfig, methods: list[str], *, device: torch.device, out_dir
     one record per method."""
     from distforget.checkpoint import write_checkpoint
     from distforget.prepare import prepare
-    from distforget.trial import (StageCache, local_evaluator, local_launcher, recipe_state,
-                                  run_trial)
+    from distforget.trial import (Recipe, StageCache, local_evaluator, local_launcher,
+                                  recipe_state, run_trial)
 
     prepared = prepared if prepared is not None else prepare(cfg, device, log=log)
     log(f"scenario: forget {cfg.scenario.forget_class}/{cfg.scenario.forget_subgroup}; "
         f"splits {prepared.info['splits']}")
     cache = StageCache()
+    evaluate = local_evaluator(prepared, cache, device, cfg.model.precision)
+    base_test, = evaluate([Recipe("base")], "test")
     records = []
     for method in methods:
         run_cfg = replace(cfg, {"method": method})
         result = run_trial(prepared, run_cfg, launch=local_launcher(prepared, cache, device),
-                           cache=cache, evaluate=local_evaluator(prepared, cache, device,
-                                                                  cfg.model.precision))
-        record = result.record()
+                           cache=cache, evaluate=evaluate)
+        # Nothing is chosen across methods here (each runs at its config's settings; alpha is
+        # chosen on the calibration set), so each run's test metrics are read right after it.
+        test, = evaluate([result.recipe], "test")
+        record = {**result.record(), **test,
+                  **{f"test_base_{k[len('test_'):]}": v for k, v in base_test.items()}}
         if out_dir is not None and method != "base":
             state = {**prepared.model().state_dict(),
                      **recipe_state(prepared.base_visual_state(), cache, result.recipe)}
@@ -57,9 +62,10 @@ def unlearn(cfg: RunConfig, methods: list[str], *, device: torch.device, out_dir
                 "config": run_cfg.to_dict()})
             record["checkpoint"] = str(path)
         records.append(record)
-        log(f"{method}: forget_acc {record['forget_acc']:.3f}  retain_acc "
-            f"{record['retain_acc']:.3f}  zeroshot_acc {record['zeroshot_acc']:.3f}  "
-            f"({record['wall_s']:.1f}s)")
+        log(f"{method}: validation forget_acc {record['forget_acc']:.3f}  retain_acc "
+            f"{record['retain_acc']:.3f}  zeroshot_acc {record['zeroshot_acc']:.3f}; test "
+            f"{record['test_forget_acc']:.3f} / {record['test_retain_acc']:.3f} / "
+            f"{record['test_zeroshot_acc']:.3f}  ({record['wall_s']:.1f}s)")
     return records
 
 

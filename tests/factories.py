@@ -23,10 +23,11 @@ def cifar_dir() -> Path:
                     "DISTFORGET_TEST_CIFAR10 to its folder")
     return path
 
-# Small and fast: 8 classes x 3 colours x (24 train + 8 test) images, one pretraining epoch.
+# Small and fast: 8 classes x 3 colours x (24 train + 10 held-out) images, two pretraining
+# epochs; the 10 held-out red circles give 5 validation and 5 test images.
 TINY = {
     "data.generated.train_per_subgroup": 24,
-    "data.generated.test_per_subgroup": 8,
+    "data.generated.test_per_subgroup": 10,
     "pretrain.epochs": 2,
     "pretrain.batch_size": 64,
     "forget.epochs": 2,

@@ -3,8 +3,9 @@ import pandas as pd
 import pytest
 
 from distforget.errors import ConfigError
+from distforget.objectives import parse_rule, parse_target
 from distforget.pareto import (hypervolume, knee, non_dominated, normalized_hypervolume,
-                               pareto_front, parse_rule, pick, to_minimize)
+                               pareto_front, pick, to_minimize)
 
 
 def table(rows):
@@ -82,3 +83,46 @@ def test_bad_rules_are_refused(rule):
         parse_rule(rule)
     with pytest.raises(ConfigError, match="unknown metric"):
         pick(table([("a", 0.1, 0.5, 0.5)]), "speed<=1, max retain_acc")
+
+
+BASE = {"forget_acc": 0.9, "retain_acc": 0.8, "zeroshot_acc": 0.9}
+TARGET = parse_target("forget_acc<=0.05, retain_acc>=0.9*base, zeroshot_acc>=0.95*base")
+
+
+def test_the_target_pick_takes_the_feasible_point_where_the_knee_does_not():
+    # The knee is the balanced point, which misses the retain target (0.71 < 0.72); the
+    # feasible point keeps retain and zero-shot above their thresholds.
+    t = table([("balanced", 0.0, 0.71, 0.95), ("feasible", 0.05, 0.73, 0.86),
+               ("forgets-nothing", 0.9, 0.95, 0.95), ("forgets-all", 0.0, 0.1, 0.2)])
+    assert knee(pareto_front(t))["trial_id"] == "balanced"
+    row, why = pick(t, "target", target=TARGET, base=BASE)
+    assert row["trial_id"] == "feasible"
+    assert "1 validation points that meet the target" in why and "NOT MET" not in why
+
+
+def test_the_target_pick_prefers_zero_shot_then_retain_among_feasible_points():
+    t = table([("a", 0.03, 0.80, 0.90), ("b", 0.00, 0.90, 0.90), ("c", 0.05, 0.73, 0.91)])
+    row, _ = pick(t, "target", target=TARGET, base=BASE)
+    assert row["trial_id"] == "c"
+    row, _ = pick(t[t["trial_id"] != "c"], "target", target=TARGET, base=BASE)
+    assert row["trial_id"] == "b"
+
+
+def test_when_nothing_meets_the_target_the_nearest_point_is_named_with_its_shortfall():
+    t = table([("near", 0.08, 0.75, 0.90), ("far", 0.40, 0.50, 0.90)])
+    row, why = pick(t, "target", target=TARGET, base=BASE)
+    assert row["trial_id"] == "near"
+    assert why.startswith("TARGET NOT MET") and "forget_acc 0.080 > 0.050 (by 0.030)" in why
+    assert "total shortfall 0.030" in why
+
+
+def test_target_constraints_read_absolute_and_relative_thresholds():
+    a, b, c = TARGET
+    assert (a.metric, a.op, a.threshold(BASE), a.relative) == ("forget_acc", "<=", 0.05, False)
+    assert b.threshold(BASE) == pytest.approx(0.72) and b.relative
+    assert b.gap(0.70, BASE) == pytest.approx(0.02) and not b.met(0.70, BASE)
+    assert c.met(0.855, BASE) and c.gap(0.9, BASE) < 0
+    with pytest.raises(ConfigError, match="unknown metric 'speed'"):
+        parse_target("speed<=3")
+    with pytest.raises(ConfigError, match="cannot read 'retain_acc>>0.9'"):
+        parse_target("retain_acc>>0.9")

@@ -129,3 +129,20 @@ def test_export_selects_by_rule_or_by_trial_and_refuses_unknown_ones(tmp_path):
         select(folder.root, trial="t7")
     with pytest.raises(ConfigError, match="did not finish: boom"):
         select(folder.root, trial="t9")
+
+
+def test_the_report_and_the_record_say_plainly_when_no_point_meets_the_target(tmp_path):
+    from distforget.export import point_record
+
+    folder, cfg = a_folder(tmp_path)  # the default pick: target
+    write_info(folder, cfg)
+    folder.append_results(rows_from_record(a_record("t1", forget_acc=0.1, sweep=[])))
+    folder.append_results(rows_from_record(a_record("t2", forget_acc=0.3, sweep=[])))
+    summary = build_report(folder.root)
+    assert summary["chosen"]["trial_id"] == "t1" and summary["why"].startswith("TARGET NOT MET")
+    report = (tmp_path / "embedded-default" / RunFolder.REPORT).read_text()
+    assert "TARGET NOT MET" in report and "forget_acc 0.100 > 0.050 (by 0.050)" in report
+    record = point_record(summary["chosen"], folder.read_info(), summary["why"], None)
+    assert record["target"]["met_on_validation"] is False
+    assert record["target"]["missed_by"] == ["forget_acc 0.100 > 0.050 (by 0.050)"]
+    assert record["validation"]["forget_acc"] == 0.1 and record["test"] == {}

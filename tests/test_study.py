@@ -3,7 +3,9 @@ import pytest
 
 from distforget.errors import ConfigError
 from distforget.objectives import DIRECTIONS
-from distforget.study import add_sweep_points, make_sampler, nsga2_population
+from distforget.objectives import parse_target
+from distforget.study import (add_sweep_points, constraint_values, make_sampler,
+                              nsga2_population, set_constraints)
 
 
 def test_nsga2_population_is_a_quarter_of_the_budget_within_bounds():
@@ -39,3 +41,39 @@ def test_sweep_points_join_the_study_as_completed_trials():
     assert sorted(t.params["restore.alpha"] for t in study.trials) == [0.2, 0.8]
     assert all(t.params["forget.lr"] == 1e-4 for t in study.trials)
     assert [t.user_attrs["sweep_of"] for t in study.trials] == ["t1", "t1"]
+
+
+def test_a_constrained_search_steers_towards_points_that_meet_the_target():
+    """Minimise forget_acc = x on [0, 1] under the target retain_acc >= 0.5 with retain_acc = x:
+    after TPE's random start-up trials, the trials with constraints set propose mostly
+    feasible points; without them TPE chases x = 0, which misses the target."""
+    target = parse_target("retain_acc>=0.5")
+
+    def late_feasible(constrained: bool) -> int:
+        study = optuna.create_study(sampler=make_sampler("tpe", 0, 40))
+        for _ in range(40):
+            trial = study.ask()
+            x = trial.suggest_float("x", 0, 1)
+            if constrained:
+                set_constraints(trial, {"retain_acc": x}, target)
+            study.tell(trial, x)
+        return sum(t.params["x"] >= 0.5 for t in study.trials[20:])
+
+    assert late_feasible(True) >= 10 > 2 >= late_feasible(False)
+
+
+def test_sweep_points_carry_their_constraint_values_for_the_sampler():
+    target = parse_target("forget_acc<=0.05, retain_acc>=0.9*base")
+    study = optuna.create_study(directions=DIRECTIONS, sampler=make_sampler("tpe", 0))
+    dist = {"restore.alpha": optuna.distributions.FloatDistribution(0, 1)}
+    record = {"trial_id": "t1", "status": "ok", "params": {"restore.alpha": 0.5},
+              "base_retain_acc": 0.8,
+              "sweep": [{"recipe": {"alpha": 1.0, "beta": 0.0},
+                         "metrics": {"forget_acc": 0.1, "retain_acc": 0.7, "zeroshot_acc": 0.9}}]}
+    assert add_sweep_points(study, dist, record, target) == 1
+    trial, = study.trials
+    assert trial.constraints == pytest.approx({"forget_acc<=0.05": 0.05,
+                                               "retain_acc>=0.9*base": 0.02})
+    assert constraint_values({"forget_acc": 0.0, "retain_acc": 0.8, "base_retain_acc": 0.8},
+                             target) == pytest.approx({"forget_acc<=0.05": -0.05,
+                                                       "retain_acc>=0.9*base": -0.08})

@@ -61,7 +61,7 @@ def test_a_soup_sweep_costs_evaluations_only(tiny_prepared, tiny_cfg, cpu):
     cfg = replace(tiny_cfg, {"restore.choose": "fixed", "restore.alpha": 0.3})
     result = trial(tiny_prepared, cfg, c, cache, sweep=[(0.0, 0.0), (0.6, 0.0), (1.0, 0.5)])
     assert c.stages == ["forget", "remind"]
-    assert c.evaluations == [("eval", 4)]
+    assert c.evaluations == [("val", 4)]
     assert [p.alpha for p, _ in result.sweep] == [0.0, 0.6, 1.0]
     # The sweep point at alpha 0 is the base model.
     at_base = result.sweep[0][1]

@@ -23,7 +23,8 @@ def test_no_arguments_compares_the_method_and_every_baseline(tmp_path):
     assert [r["method"] for r in records] == ["three_stage", *BASELINES, "base"]
     for r in records:
         for m in METRICS:
-            assert m in r and f"base_{m}" in r
+            assert m in r and f"base_{m}" in r and f"test_{m}" in r and f"test_base_{m}" in r
+        assert r["test_forget_acc_lo"] <= r["test_forget_acc"] <= r["test_forget_acc_hi"]
         assert r["wall_s"] >= 0
     three = records[0]
     # The method forgets the subgroup while keeping most of the rest (the full quality

@@ -5,12 +5,19 @@ Splits (indices into the ImageTable, labels as ids into ``Scenario.classes``):
 - ``forget_train`` / ``retain_train``: what the stages train on;
 - ``calib_forget`` / ``calib_retain``: the calibration set D_m, held out from the training images
   of the same subgroups, used only to choose soup coefficients;
-- ``eval_forget`` / ``eval_retain`` / ``eval_zeroshot``: held-out images behind every metric.
+- ``val_forget`` / ``val_retain`` / ``val_zeroshot``: held-out images behind every metric that a
+  choice sees (search objectives, soup sweeps, the front, the pick);
+- ``test_forget`` / ``test_retain`` / ``test_zeroshot``: held-out images read only after the
+  search has chosen, to report the chosen points (``test_<metric>``).
 
-Training and calibration images come from the data's ``train`` split, evaluation images from its
+Training and calibration images come from the data's ``train`` split, held-out images from its
 ``test``/``val`` split; data without a split column is divided by a hash of each image's content
-(so the division does not depend on row order). Within a pool, rows are ordered by content hash
-and then shuffled by ``scenario.seed``, so the same data and config give the same splits.
+alone (``held_out_mask``: the same rule pretraining uses, so a pretrained small CLIP never saw a
+held-out image, whatever the scenario seed). Within a pool, rows are ordered by content hash and
+then shuffled by ``scenario.seed``, so the same data and config give the same splits. Each set's
+held-out images (at most ``scenario.max_eval``) are then divided into validation and test by a
+hash of content and seed: the ``scenario.test_fraction`` with the lowest hashes are test. Each
+side must hold at least ``MIN_HELD_OUT`` images of each set.
 
 Subgroup rule when the data has no subgroup labels (``scenario.subgroups: kmeans``, or ``auto``
 without a subgroup column): the forget class's training images are embedded with the base
@@ -33,8 +40,12 @@ from distforget.config import ScenarioConfig
 from distforget.data.sources import EVAL_SPLITS, ImageTable
 from distforget.errors import DataError, did_you_mean
 
+HELD_OUT_SETS = ("forget", "retain", "zeroshot")
 SPLITS = ("forget_train", "retain_train", "calib_forget", "calib_retain",
-          "eval_forget", "eval_retain", "eval_zeroshot")
+          *(f"{part}_{s}" for part in ("val", "test") for s in HELD_OUT_SETS))
+# The fewest held-out images of one set on either side of the validation/test division: fewer
+# make an accuracy whose 95% interval spans most of [0, 1].
+MIN_HELD_OUT = 5
 KNOWN_SPLIT_VALUES = ("train",) + EVAL_SPLITS
 
 
@@ -75,14 +86,16 @@ class Scenario:
 
 
 
-def _unit_hash(shas: pd.Series, seed: int) -> np.ndarray:
-    """A number in [0, 1) per image from its content hash and the seed."""
-    return np.array([int(hashlib.sha256(f"{seed}:{s}".encode()).hexdigest()[:13], 16) / 16**13
+def _unit_hash(shas, salt: str) -> np.ndarray:
+    """A number in [0, 1) per image from its content hash and a salt."""
+    return np.array([int(hashlib.sha256(f"{salt}:{s}".encode()).hexdigest()[:13], 16) / 16**13
                      for s in shas])
 
 
-def _pools(data: ImageTable, cfg: ScenarioConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Boolean masks of training-pool and evaluation-pool rows."""
+def held_out_mask(data: ImageTable, holdout_fraction: float) -> np.ndarray:
+    """Rows held out of all training, pretraining included: the data's ``test``/``val`` split,
+    or, without a split column, the images whose content hash alone falls below
+    ``holdout_fraction`` (no seed, so every scenario seed and the pretraining agree)."""
     table = data.table
     if data.has_splits:
         values = set(table["split"])
@@ -90,9 +103,15 @@ def _pools(data: ImageTable, cfg: ScenarioConfig) -> tuple[np.ndarray, np.ndarra
         if unknown:
             raise DataError(f"split value {unknown[0]!r} in the data is not one of "
                             f"{', '.join(KNOWN_SPLIT_VALUES)}")
-        train = (table["split"] == "train").to_numpy()
-        return train, table["split"].isin(EVAL_SPLITS).to_numpy()
-    held_out = _unit_hash(table["sha"], cfg.seed) < cfg.holdout_fraction
+        return table["split"].isin(EVAL_SPLITS).to_numpy()
+    return _unit_hash(table["sha"], "holdout") < holdout_fraction
+
+
+def _pools(data: ImageTable, cfg: ScenarioConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Boolean masks of training-pool and held-out-pool rows."""
+    held_out = held_out_mask(data, cfg.holdout_fraction)
+    if data.has_splits:
+        return (data.table["split"] == "train").to_numpy(), held_out
     return ~held_out, held_out
 
 
@@ -149,6 +168,29 @@ def _ordered(table: pd.DataFrame, mask: np.ndarray, rng: np.random.Generator) ->
     return rows[rng.permutation(len(rows))]
 
 
+def held_out(table: pd.DataFrame, mask: np.ndarray, rng: np.random.Generator,
+             cfg: ScenarioConfig, name: str, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """One set's held-out images (at most ``max_eval``), divided into (validation, test) by a
+    hash of content and seed; too few on either side is an error that says what to change."""
+    rows = _ordered(table, mask, rng)[:cfg.max_eval]
+    if len(rows) == 0:
+        raise DataError(f"no held-out images for the {name} metric: the data's test/val split "
+                        f"has none of {what if name == 'forget' else 'these classes'}")
+    u = _unit_hash(table["sha"].to_numpy()[rows], f"test:{cfg.seed}")
+    n_test = int(round(cfg.test_fraction * len(rows)))
+    is_test = np.zeros(len(rows), bool)
+    is_test[np.argsort(u, kind="stable")[:n_test]] = True
+    val, test = rows[~is_test], rows[is_test]
+    if min(len(val), len(test)) < MIN_HELD_OUT:
+        raise DataError(
+            f"too few held-out images of the {name} set ({what if name == 'forget' else name}) "
+            f"to divide into validation and test: {len(rows)} held out gives {len(val)} "
+            f"validation and {len(test)} test images (scenario.test_fraction "
+            f"{cfg.test_fraction:g}); each side needs at least {MIN_HELD_OUT}: add held-out "
+            "images or change scenario.test_fraction")
+    return val, test
+
+
 def check_scenario(data: ImageTable, cfg: ScenarioConfig) -> None:
     """Every check that needs no model: class names, retained and zero-shot classes, and the
     forget subgroup when subgroups come from labels. Run before any pretraining or training."""
@@ -198,6 +240,33 @@ def needs_embeddings(data: ImageTable, cfg: ScenarioConfig) -> bool:
     return cfg.subgroups == "kmeans" or (cfg.subgroups == "auto" and not has_column)
 
 
+def assign_subgroups(data: ImageTable, cfg: ScenarioConfig, train_pool: np.ndarray,
+                     embed: Callable[[np.ndarray], np.ndarray] | None
+                     ) -> tuple[np.ndarray, str]:
+    """Each row's subgroup within the forget class (None elsewhere) and the rule that gave it:
+    the data's labels, or k-means on the base model's embeddings (module docstring)."""
+    table = data.table
+    is_class = (table["class_name"] == cfg.forget_class).to_numpy()
+    has_column = "subgroup" in table and table.loc[is_class, "subgroup"].notna().all()
+    mode = cfg.subgroups if cfg.subgroups != "auto" else ("column" if has_column else "kmeans")
+    subgroup = np.array([None] * len(table), dtype=object)
+    if cfg.forget_subgroup is None:  # the whole class: no subgroups needed
+        return subgroup, "none (the whole class is forgotten)"
+    if mode == "column":
+        if not has_column:
+            raise DataError(f"scenario.subgroups is 'column' but images of class "
+                            f"{cfg.forget_class!r} have no subgroup label")
+        subgroup[is_class] = table.loc[is_class, "subgroup"].to_numpy()
+        return subgroup, "column"
+    if embed is None:
+        raise DataError("the k-means subgroup rule needs the base model's image embeddings")
+    rows = np.flatnonzero(is_class)
+    emb = embed(np.asarray(data.images[rows]))
+    subgroup[rows] = kmeans_subgroups(emb, train_pool[rows], table["sha"].to_numpy()[rows],
+                                      cfg.num_subgroups, cfg.seed)
+    return subgroup, f"kmeans(k={cfg.num_subgroups}, seed={cfg.seed}, base-model image embeddings)"
+
+
 def build_scenario(data: ImageTable, cfg: ScenarioConfig,
                    embed: Callable[[np.ndarray], np.ndarray] | None = None) -> Scenario:
     """Derive every split of the scenario; ``embed`` maps uint8 images to embeddings and is
@@ -209,26 +278,7 @@ def build_scenario(data: ImageTable, cfg: ScenarioConfig,
     train_pool, eval_pool = _pools(data, cfg)
     is_class = (table["class_name"] == cfg.forget_class).to_numpy()
 
-    # Subgroups of the forget class.
-    has_column = "subgroup" in table and table.loc[is_class, "subgroup"].notna().all()
-    mode = cfg.subgroups if cfg.subgroups != "auto" else ("column" if has_column else "kmeans")
-    subgroup = np.array([None] * len(table), dtype=object)
-    if cfg.forget_subgroup is None:  # the whole class: no subgroups needed
-        rule = "none (the whole class is forgotten)"
-    elif mode == "column":
-        if not has_column:
-            raise DataError(f"scenario.subgroups is 'column' but images of class "
-                            f"{cfg.forget_class!r} have no subgroup label")
-        subgroup[is_class] = table.loc[is_class, "subgroup"].to_numpy()
-        rule = "column"
-    else:
-        if embed is None:
-            raise DataError("the k-means subgroup rule needs the base model's image embeddings")
-        rows = np.flatnonzero(is_class)
-        emb = embed(np.asarray(data.images[rows]))
-        subgroup[rows] = kmeans_subgroups(emb, train_pool[rows], table["sha"].to_numpy()[rows],
-                                          cfg.num_subgroups, cfg.seed)
-        rule = f"kmeans(k={cfg.num_subgroups}, seed={cfg.seed}, base-model image embeddings)"
+    subgroup, rule = assign_subgroups(data, cfg, train_pool, embed)
     subgroups = tuple(sorted({s for s in subgroup[is_class] if s is not None}))
 
     if cfg.forget_subgroup is None:
@@ -274,19 +324,12 @@ def build_scenario(data: ImageTable, cfg: ScenarioConfig,
     forget_train, calib_forget = train_and_calibration(forget_mask, cfg.max_forget, "forget")
     retain_train, calib_retain = train_and_calibration(retain_mask, cfg.max_retain, "retain")
 
-    def held_out(mask, label):
-        rows = _ordered(table, mask & eval_pool, rng)[:cfg.max_eval]
-        if len(rows) == 0:
-            raise DataError(f"no held-out images for the {label} metric: the data's test/val "
-                            f"split has none of {what if label == 'forget' else 'these classes'}")
-        return rows
+    held = {name: held_out(table, mask & eval_pool, rng, cfg, name, what)
+            for name, mask in (("forget", forget_mask), ("retain", retain_mask),
+                               ("zeroshot", zeroshot_mask))}
 
-    eval_forget = held_out(forget_mask, "forget")
-    eval_retain = held_out(retain_mask, "retain")
-    eval_zeroshot = held_out(zeroshot_mask, "zero-shot")
-
-    forget_rows = np.concatenate([forget_train, calib_forget, eval_forget])
-    retain_rows = np.concatenate([retain_train, calib_retain, eval_retain])
+    forget_rows = np.concatenate([forget_train, calib_forget, *held["forget"]])
+    retain_rows = np.concatenate([retain_train, calib_retain, *held["retain"]])
     shas = table["sha"].to_numpy()
     overlap = set(shas[forget_rows]) & set(shas[retain_rows])
     if overlap:
@@ -297,8 +340,8 @@ def build_scenario(data: ImageTable, cfg: ScenarioConfig,
 
     rows = {"forget_train": forget_train, "retain_train": retain_train,
             "calib_forget": calib_forget, "calib_retain": calib_retain,
-            "eval_forget": eval_forget, "eval_retain": eval_retain,
-            "eval_zeroshot": eval_zeroshot}
+            **{f"val_{name}": val for name, (val, _) in held.items()},
+            **{f"test_{name}": test for name, (_, test) in held.items()}}
     return Scenario(
         classes=classes, forget_class=cfg.forget_class, forget_subgroup=cfg.forget_subgroup,
         retain_classes=retain_classes, zeroshot_classes=zeroshot, subgroup_rule=rule,

@@ -2,13 +2,14 @@
 
 ``run_one_trial`` is thin: it builds the trial's config, runs the core ``run_trial`` with stages
 launched as Ray Train jobs, writes the trial's record (``trials/<trial_id>.json``, atomically,
-before it reports) and reports the objectives with ``ray.tune.report``.
+before it reports) and reports the objectives with ``ray.tune.report``. The same trainable runs
+the baselines, the search's trials and the confirmation runs of the chosen point.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Sequence
 
 import ray
 import ray.tune
@@ -17,27 +18,30 @@ from ray.tune.search.optuna import OptunaSearch
 
 from distforget.config import from_dict, replace
 from distforget.distributed.train import ray_evaluator, ray_launcher
-from distforget.objectives import OBJECTIVES
+from distforget.objectives import OBJECTIVES, Constraint
 from distforget.results import rows_from_record
 from distforget.run_folder import RunFolder
 from distforget.search_space import SearchSpace
-from distforget.study import add_sweep_points
+from distforget.study import add_sweep_points, set_constraints
 from distforget.trial import StageCache, run_trial, trial_record
 
 
 def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
     """One Tune trial (see the module docstring)."""
     trial_id = ray.tune.get_context().get_trial_id()
+    # A confirmation run's values arrive as one dict (Tune grid-searches over whole dicts).
+    params = params.get("confirm", params)
     prepared_ref = shared["prepared"][0]
     prepared = ray.get(prepared_ref)
     base = from_dict(shared["config"])
     space: SearchSpace | None = shared.get("space")
-    cfg = (space.trial_config(base, params) if space is not None
-           else replace(base, {"method": params["method"]}))
+    # Search and confirmation trials: the space's fixed values, then these; baselines: the
+    # method named (and any other dotted overrides) on the base config.
+    cfg = space.trial_config(base, params) if space is not None else replace(base, params)
     folder = RunFolder(shared["run"])
     cache = StageCache(folder.stages)
     ident = {"trial_id": trial_id, "source": shared["source"], "method": cfg.method,
-             "params": params}
+             "params": params, "parent_id": shared.get("parent_id")}
     try:
         result = run_trial(
             prepared, cfg,
@@ -54,8 +58,13 @@ def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
 
 
 class SweepOptunaSearch(OptunaSearch):
-    """``OptunaSearch`` that tags each Optuna trial with its Tune trial id and feeds the extra
-    soups every trial measured to the study as further completed trials."""
+    """``OptunaSearch`` that tags each Optuna trial with its Tune trial id, sets its constraint
+    values against the target before it is told (so the sampler steers towards the target),
+    and feeds the extra soups every trial measured to the study as further completed trials."""
+
+    def __init__(self, *args, target: Sequence[Constraint] = (), **kwargs):
+        super().__init__(*args, **kwargs)
+        self._target = tuple(target)
 
     def suggest(self, trial_id: str):
         params = super().suggest(trial_id)
@@ -65,9 +74,13 @@ class SweepOptunaSearch(OptunaSearch):
         return params
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        record = json.loads(result["record"]) if result and "record" in result else None
+        ot_trial = self._ot_trials.get(trial_id)
+        if record is not None and not error and ot_trial is not None and self._target:
+            set_constraints(ot_trial, record, self._target)
         super().on_trial_complete(trial_id, result, error)
-        if result and not error and "record" in result:
-            add_sweep_points(self._ot_study, self._space, json.loads(result["record"]))
+        if record is not None and not error:
+            add_sweep_points(self._ot_study, self._space, record, self._target)
 
 
 class ResultsWriter(Callback):

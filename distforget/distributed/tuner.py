@@ -13,15 +13,17 @@ from ray import tune
 
 from distforget.config import RunConfig
 from distforget.distributed.cluster import check_storage, connect, max_concurrent
-from distforget.distributed.train import prepare_on_cluster
+from distforget.distributed.train import prepare_on_cluster, ray_evaluator
 from distforget.distributed.trainable import ResultsWriter, SweepOptunaSearch, run_one_trial
 from distforget.errors import ConfigError
 from distforget.export import export_point
-from distforget.objectives import DIRECTIONS, OBJECTIVES
+from distforget.confirm import finish
+from distforget.objectives import DIRECTIONS, OBJECTIVES, parse_target, as_test
 from distforget.report import build_report
 from distforget.run_folder import RunFolder, StudyStore, reconcile_study, run_info, search_identity
 from distforget.search_space import SearchSpace, load_space
 from distforget.study import make_sampler
+from distforget.trial import StageCache
 
 
 def _trainable(shared: dict, resources) -> Any:
@@ -34,15 +36,23 @@ def _tune_config(**kwargs) -> tune.TuneConfig:
                            trial_dirname_creator=lambda t: t.trial_id, **kwargs)
 
 
-def run_baselines(cfg: RunConfig, folder: RunFolder, shared: dict, mc: int,
+def run_baselines(cfg: RunConfig, folder: RunFolder, space: SearchSpace, shared: dict, mc: int,
                   log: Callable[[str], None]) -> None:
-    """Each baseline in ``search.baselines`` that has no row yet, once, at its defaults."""
+    """Each baseline in ``search.baselines``: once at its defaults (``search.baseline_trials``
+    1), or searched over its own space with the method's soups, that many trials each."""
     results = folder.read_results()
-    done = set(results.loc[results["source"] == "baseline", "method"])
-    todo = [b for b in cfg.search.baselines if b not in done]
+    done = results[(results["source"] == "baseline") & results["parent_id"].isna()]
+    if cfg.search.baseline_trials > 1:
+        for b in cfg.search.baselines:
+            b_space = load_space(f"baseline-{b}", cfg).with_soups_of(space)
+            run_study(cfg, folder, b_space, shared, mc, log, source="baseline",
+                      num_trials=cfg.search.baseline_trials, study_name=f"{cfg.output.name}-{b}",
+                      finished=int((done["method"] == b).sum()))
+        return
+    todo = [b for b in cfg.search.baselines if b not in set(done["method"])]
     if not todo:
         return
-    log(f"baselines: {', '.join(todo)}")
+    log(f"baselines (each once, at its defaults): {', '.join(todo)}")
     tune.Tuner(
         _trainable({**shared, "source": "baseline", "space": None}, cfg.resources),
         param_space={"method": tune.grid_search(todo)},
@@ -51,33 +61,33 @@ def run_baselines(cfg: RunConfig, folder: RunFolder, shared: dict, mc: int,
                                   callbacks=[ResultsWriter(folder, len(todo), 0)])).fit()
 
 
-def run_trials(cfg: RunConfig, folder: RunFolder, space: SearchSpace, shared: dict, mc: int,
-               log: Callable[[str], None]) -> None:
-    """The Optuna search's missing trials; a resumed study is reconciled with the records."""
+def run_study(cfg: RunConfig, folder: RunFolder, space: SearchSpace, shared: dict, mc: int,
+              log: Callable[[str], None], *, source: str, num_trials: int, study_name: str,
+              finished: int) -> None:
+    """An Optuna study's missing trials; a resumed study is reconciled with the records."""
     study_store = StudyStore(folder)
     study_storage = study_store.storage()
-    finished = int((folder.read_results()["source"] == "trial").sum())
-    remaining = cfg.search.num_trials - finished
+    target = parse_target(cfg.search.target)
+    remaining = num_trials - finished
     if finished:
-        study = optuna.create_study(storage=study_storage, study_name=cfg.output.name,
+        study = optuna.create_study(storage=study_storage, study_name=study_name,
                                     directions=DIRECTIONS, load_if_exists=True)
-        counts = reconcile_study(study, folder)
-        log(f"resuming: {finished} trials finished, {remaining} to run "
+        counts = reconcile_study(study, folder, target)
+        log(f"resuming: {finished} trials of {study_name} finished, {remaining} to run "
             f"(study: {counts['told']} recovered, {counts['failed']} marked failed)")
     if remaining > 0:
         searcher = SweepOptunaSearch(
             space=space.params, metric=list(OBJECTIVES), mode=list(OBJECTIVES.values()),
-            sampler=make_sampler(cfg.search.sampler, cfg.search.seed, cfg.search.num_trials),
-            study_name=cfg.output.name, storage=study_storage)
+            sampler=make_sampler(cfg.search.sampler, cfg.search.seed, num_trials),
+            study_name=study_name, storage=study_storage, target=target)
         tune.Tuner(
-            _trainable({**shared, "source": "trial", "space": space, "sweep": space.sweep},
+            _trainable({**shared, "source": source, "space": space, "sweep": space.sweep},
                        cfg.resources),
             tune_config=_tune_config(search_alg=searcher, num_samples=remaining,
                                      max_concurrent_trials=min(mc, remaining)),
             run_config=tune.RunConfig(
                 name=folder.attempt("tune"), storage_path=folder.root,
-                callbacks=[ResultsWriter(folder, cfg.search.num_trials, finished,
-                                         study_store)])).fit()
+                callbacks=[ResultsWriter(folder, num_trials, finished, study_store)])).fit()
     study_store.sync()
 
 
@@ -106,15 +116,32 @@ def run_search(cfg: RunConfig, log: Callable[[str], None] = print) -> dict[str, 
     mc = max_concurrent(cfg.resources, ray.cluster_resources(), max(cfg.search.num_trials, 1),
                         cfg.search.max_concurrent_trials)
     shared = {"prepared": [prepared_ref], "config": cfg.to_dict(), "run": folder.root}
-    run_baselines(cfg, folder, shared, mc, log)
-    run_trials(cfg, folder, space, shared, mc, log)
+    run_baselines(cfg, folder, space, shared, mc, log)
+    finished = int((folder.read_results()["source"] == "trial").sum())
+    run_study(cfg, folder, space, shared, mc, log, source="trial",
+              num_trials=cfg.search.num_trials, study_name=cfg.output.name, finished=finished)
 
+    def run_confirmations(params: list[dict], parent_id: str) -> None:
+        tune.Tuner(
+            _trainable({**shared, "source": "confirm", "space": space, "parent_id": parent_id},
+                       cfg.resources),
+            param_space={"confirm": tune.grid_search(params)},
+            tune_config=_tune_config(max_concurrent_trials=min(mc, len(params))),
+            run_config=tune.RunConfig(name=folder.attempt("confirm"), storage_path=folder.root,
+                                      callbacks=[ResultsWriter(folder, len(params), 0)])).fit()
+
+    evaluate = ray_evaluator(prepared_ref, StageCache(folder.stages), cfg.resources,
+                             cfg.model.precision)
+    verdict = finish(folder, cfg, evaluate=evaluate, run_confirmations=run_confirmations,
+                     log=log)
     summary = build_report(folder.root)
-    chosen = summary["chosen"]
+    chosen = verdict["chosen"]
     if chosen is not None:
-        export_point(folder.root, chosen, folder.best, summary["why"])
-        log(f"best: {chosen['trial_id']} ({summary['why']}): " + "  ".join(
-            f"{k} {chosen[k]:.3f}" for k in OBJECTIVES) + f"; exported to {folder.best}")
+        export_point(folder.root, chosen, folder.best, verdict["why"], verdict["confirmation"])
+        log(f"chosen: {chosen['trial_id']} ({verdict['why']})")
+        log("  validation: " + "  ".join(f"{k} {chosen[k]:.3f}" for k in OBJECTIVES))
+        log("  test:       " + "  ".join(f"{k} {chosen[as_test(k)]:.3f}" for k in OBJECTIVES)
+            + f"; exported to {folder.best}")
     log(f"front: {summary['front_size']} points, hypervolume {summary['hypervolume']:.3f}; "
         f"report: {folder.report}")
     return {**summary, "run": folder.root, "base_metrics": info["base_metrics"]}

@@ -12,7 +12,7 @@ from distforget.errors import DataError
 @pytest.fixture(scope="module")
 def shapes(cache_dir):
     return load_data(DataConfig(generated=GeneratedConfig(train_per_subgroup=20,
-                                                          test_per_subgroup=6)), cache_dir)
+                                                          test_per_subgroup=12)), cache_dir)
 
 
 def test_splits_are_disjoint_held_out_and_labelled(shapes):
@@ -30,13 +30,16 @@ def test_splits_are_disjoint_held_out_and_labelled(shapes):
     assert set(sub[s["forget_train"].indices]) == {"red"}
     assert set(cls[s["forget_train"].indices]) == {"circle"}
     assert set(sub[s["retain_train"].indices]) == {"green", "blue"}
-    assert set(split[s["eval_forget"].indices]) == {"test"}
+    assert set(split[s["val_forget"].indices]) == set(split[s["test_forget"].indices]) == {"test"}
     assert set(split[s["calib_forget"].indices]) == {"train"}
-    assert set(cls[s["eval_zeroshot"].indices]).isdisjoint({"circle"})
+    assert set(cls[s["val_zeroshot"].indices]).isdisjoint({"circle"})
     assert sc.zeroshot_classes == tuple(c for c in shapes.classes if c != "circle")
     # Labels are the class ids of the head.
-    assert np.array_equal(s["eval_retain"].labels,
-                          [sc.classes.index(c) for c in cls[s["eval_retain"].indices]])
+    assert np.array_equal(s["val_retain"].labels,
+                          [sc.classes.index(c) for c in cls[s["val_retain"].indices]])
+    # The held-out images of each set are divided in half: validation and test.
+    for name in ("forget", "retain", "zeroshot"):
+        assert abs(len(s[f"val_{name}"]) - len(s[f"test_{name}"])) <= 1
     assert len(s["calib_forget"]) == round(0.2 * 20)
 
 
@@ -104,12 +107,13 @@ def test_empty_forget_set_and_overlap_are_refused(shapes):
 def test_data_without_splits_is_held_out_by_content_hash(shapes):
     table = shapes.table.assign(split=None)
     data = ImageTable(shapes.images, table)
-    sc = build_scenario(data, ScenarioConfig(holdout_fraction=0.3))
-    n_eval = sum(len(sc.splits[k]) for k in ("eval_forget", "eval_retain"))
+    sc = build_scenario(data, ScenarioConfig(holdout_fraction=0.4))
+    n_eval = sum(len(sc.splits[k]) for k in ("val_forget", "val_retain", "test_forget",
+                                              "test_retain"))
     n_train = sum(len(sc.splits[k]) for k in ("forget_train", "retain_train", "calib_forget",
                                                  "calib_retain"))
-    assert 0.15 < n_eval / (n_eval + n_train) < 0.45
-    again = build_scenario(data, ScenarioConfig(holdout_fraction=0.3))
+    assert 0.25 < n_eval / (n_eval + n_train) < 0.55
+    again = build_scenario(data, ScenarioConfig(holdout_fraction=0.4))
     assert sc.fingerprint == again.fingerprint
 
 
@@ -143,3 +147,40 @@ def test_kmeans_subgroups_when_the_data_has_none(shapes):
     assert forget_true[0] is None
     with pytest.raises(DataError, match="needs the base model's image embeddings"):
         build_scenario(data, ScenarioConfig(forget_subgroup="k0"))
+
+
+def test_validation_and_test_are_divided_by_content_and_seed(shapes):
+    a = build_scenario(shapes, ScenarioConfig())
+    shuffled_order = np.random.default_rng(1).permutation(len(shapes.table))
+    shuffled = ImageTable(np.asarray(shapes.images)[shuffled_order],
+                          shapes.table.iloc[shuffled_order].reset_index(drop=True))
+    b = build_scenario(shuffled, ScenarioConfig())
+    shas = {k: set(shapes.table["sha"].to_numpy()[a.splits[k].indices]) for k in SPLITS}
+    shas_b = {k: set(shuffled.table["sha"].to_numpy()[b.splits[k].indices]) for k in SPLITS}
+    assert shas == shas_b  # same images on each side, whatever the row order
+    c = build_scenario(shapes, ScenarioConfig(seed=1))
+    shas_c = set(shapes.table["sha"].to_numpy()[c.splits["test_zeroshot"].indices])
+    assert shas_c != shas["test_zeroshot"]
+    more = build_scenario(shapes, ScenarioConfig(test_fraction=0.6))
+    assert len(more.splits["test_retain"]) > len(more.splits["val_retain"])
+
+
+def test_too_few_held_out_images_for_validation_and_test_is_refused(shapes):
+    # 12 held-out red circles: a test fraction of 0.7 leaves 4 for validation.
+    with pytest.raises(DataError, match=r"forget set .*12 held out gives 4 validation and 8 test "
+                                        r"images .*at least 5"):
+        build_scenario(shapes, ScenarioConfig(test_fraction=0.7))
+
+
+def test_pretraining_and_scenarios_hold_out_the_same_images_without_a_split_column(shapes):
+    from distforget.pretrain import split_rows
+
+    data = ImageTable(shapes.images, shapes.table.assign(split=None))
+    train_rows, held_rows = split_rows(data, 0.4)
+    pretrained_on = set(data.table["sha"].to_numpy()[train_rows])
+    for seed in (0, 1, 2):
+        sc = build_scenario(data, ScenarioConfig(holdout_fraction=0.4, seed=seed))
+        for name in SPLITS:
+            if name.startswith(("val_", "test_")):
+                held = set(data.table["sha"].to_numpy()[sc.splits[name].indices])
+                assert not held & pretrained_on, (seed, name)

@@ -198,7 +198,8 @@ params:
 FAULTY_SEARCH = {**TINY, "model.name": "DF-ViT-Tiny-32", "remind.bn_align_images": None,
                  "forget.epochs": 1, "remind.epochs": 1, "search.num_trials": 4,
                  "search.sampler": "random", "search.seed": 3, "search.baselines": [],
-                 "resources.max_failures": 0, "output.name": "faulty"}
+                 "search.confirm_seeds": 0, "resources.max_failures": 0,
+                 "output.name": "faulty"}
 
 
 @pytest.mark.slow

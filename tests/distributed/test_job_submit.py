@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
 JOB = {**TINY, "search.num_trials": 2, "search.baselines": [], "search.sampler": "random",
+       "search.confirm_seeds": 0,
        "forget.epochs": 1, "remind.epochs": 1}
 
 

@@ -18,7 +18,7 @@ from tests.factories import TINY
 pytestmark = pytest.mark.ray  # every test here starts or joins Ray
 
 SEARCH = {**TINY, "search.num_trials": 3, "search.sampler": "random",
-          "forget.epochs": 1, "remind.epochs": 1}
+          "search.confirm_seeds": 1, "forget.epochs": 1, "remind.epochs": 1}
 
 
 def overrides(storage, **extra):
@@ -46,15 +46,33 @@ def test_a_search_leaves_every_output(finished_run):
     results = pd.read_parquet(os.path.join(run, "results.parquet"))
     trials = results[results["source"] == "trial"]
     assert len(trials) == 3 and trials["trial_id"].is_unique
-    assert set(results["source"]) == {"trial", "sweep", "baseline"}
+    assert set(results["source"]) == {"trial", "sweep", "baseline", "confirm"}
     assert (results["status"] == "ok").all()
+    # Validation chose; test was measured afterwards for every front row, the chosen point,
+    # its confirmation run and the baseline, with intervals.
+    chosen = summary["chosen"]["trial_id"]
+    confirmation, = results[results["source"] == "confirm"].itertuples()
+    assert confirmation.parent_id == chosen
+    front_ids = set(pd.read_parquet(os.path.join(run, "pareto.parquet"))["trial_id"])
+    tested = results[results["trial_id"].isin(front_ids | {chosen, confirmation.trial_id})
+                     | (results["source"] == "baseline")]
+    for col in ("test_forget_acc", "test_retain_acc_lo", "test_zeroshot_acc_hi"):
+        assert tested[col].notna().all(), col
+    assert results["test_base_forget_acc"].notna().all()
+    best = json.load(open(os.path.join(run, "best", "distforget.json")))
+    assert best["trial_id"] == chosen
+    assert set(best["validation"]) >= {"forget_acc", "retain_acc", "zeroshot_acc"}
+    assert set(best["test"]) >= {"test_forget_acc", "test_forget_acc_lo", "test_forget_acc_hi"}
+    assert len(best["confirmation"]["seeds"]) == 2
+    assert isinstance(best["target"]["met_on_validation"], bool)
     for col in ("forget.lr", "forget_acc", "retain_acc", "zeroshot_acc", "base_forget_acc",
                 "mia_auc", "wall_s"):
         assert col in results, col
     front = pd.read_parquet(os.path.join(run, "pareto.parquet"))
     assert 1 <= len(front) <= len(results) and summary["front_size"] == len(front)
     report = open(os.path.join(run, "report.md")).read()
-    for heading in ("## Base model", "## Pareto front", "## Chosen point", "## Hypervolume",
+    for heading in ("## Protocol", "## Budgets as run", "## Base model", "## Pareto front",
+                    "## Chosen point", "### Confirmation seeds", "## Hypervolume",
                     "## Baselines"):
         assert heading in report
     png = open(os.path.join(run, "pareto.png"), "rb").read(8)
@@ -72,6 +90,9 @@ def test_a_search_leaves_every_output(finished_run):
         JournalFileBackend(os.path.join(run, "optuna.journal"))))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == len(results[results["source"].isin(["trial", "sweep"])])
+    # Each carries its constraint values against the target, for the sampler.
+    assert all(set(t.constraints) == {"forget_acc<=0.05", "retain_acc>=0.9*base",
+                                      "zeroshot_acc>=0.95*base"} for t in complete)
 
 
 def test_export_round_trip_through_open_clip_reproduces_the_metrics(finished_run, tiny_prepared,
