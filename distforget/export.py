@@ -15,25 +15,23 @@ import argparse
 import json
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
-
-import pandas as pd
-from safetensors.torch import load as load_safetensors
+from typing import TYPE_CHECKING, Any, Mapping
 
 from distforget import storage
-from distforget.checkpoint import write_checkpoint
-from distforget.cli import run_cli
+from distforget.cli import command_parser, run_cli
 from distforget.errors import ConfigError
-from distforget.model import ModelSpec
-from distforget.pareto import pick
-from distforget.report import read_run_info
-from distforget.results import read_results
-from distforget.trial import Recipe, StageCache, recipe_state
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def select(run: str, *, rule: str | None = None, trial: str | None = None
-           ) -> tuple[pd.Series, str]:
+           ) -> tuple["pd.Series", str]:
     """The row of ``results.parquet`` a rule picks, or the named trial, and why."""
+    from distforget.pareto import pick
+    from distforget.report import read_run_info
+    from distforget.results import read_results
+
     results = read_results(storage.join(run, "results.parquet"))
     if results.empty:
         raise ConfigError(f"run {run!r} has no results yet")
@@ -53,6 +51,14 @@ def select(run: str, *, rule: str | None = None, trial: str | None = None
 
 def export_point(run: str, row: Mapping[str, Any], out: str, why: str = "") -> str:
     """Write the checkpoint of one results row to ``out`` (a local path or a URI)."""
+    import pandas as pd
+    from safetensors.torch import load as load_safetensors
+
+    from distforget.checkpoint import write_checkpoint
+    from distforget.model import ModelSpec
+    from distforget.report import read_run_info
+    from distforget.trial import Recipe, StageCache, recipe_state
+
     info = read_run_info(run)
     spec = ModelSpec(**{k: tuple(v) if isinstance(v, list) else v
                         for k, v in info["model"].items()})
@@ -75,9 +81,9 @@ def export_point(run: str, row: Mapping[str, Any], out: str, why: str = "") -> s
     return out
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m distforget.export",
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = command_parser(
+        "export", prog=prog,
         description="Export a point of a finished search as an open_clip checkpoint.")
     parser.add_argument("--run", required=True, help="the run folder (<storage>/<name>)")
     group = parser.add_mutually_exclusive_group()
@@ -87,9 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     group.add_argument("--trial", default=None, help="a trial_id from results.parquet")
     parser.add_argument("--out", default=None,
                         help="output folder (default: distforget-export/<trial_id>)")
-    parser.add_argument("--debug", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks of input errors")
 
     def run(args) -> int:
+        if args.out is not None:
+            storage.check_writable_folder(args.out, "--out")
         row, why = select(args.run, rule=args.pick, trial=args.trial)
         out = args.out or str(Path("distforget-export") / str(row["trial_id"]).replace("~", "-"))
         path = export_point(args.run, row, out, why)

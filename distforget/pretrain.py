@@ -207,13 +207,13 @@ def pretrained_info(path: Path) -> dict:
     return json.loads(side.read_text()) if side.is_file() else {}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from distforget.cli import add_common_arguments, config_from_args, pick_device, run_cli
     from distforget.data.sources import load_data
     from distforget.zeroshot import templates_for
 
     parser = argparse.ArgumentParser(
-        prog="python -m distforget.pretrain",
+        prog=prog or "python -m distforget.pretrain",
         description="Pretrain the small CLIP on a labelled image set (cached); print its "
                     "zero-shot accuracy on the held-out split.")
     add_common_arguments(parser)

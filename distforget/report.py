@@ -143,8 +143,8 @@ def build_report(run: str, rule: str | None = None) -> dict[str, Any]:
             "hypervolume": hv, "front_size": len(front)}
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m distforget.report",
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog or "python -m distforget.report",
                                      description="Rebuild a search's front, plot and report.")
     parser.add_argument("--run", required=True, help="the run folder (<storage>/<name>)")
     parser.add_argument("--pick", default=None, help="pick rule (default: the run's)")
