@@ -76,7 +76,8 @@ class DataConfig:
 
     # generated: the embedded shapes; parquet: a manifest (image bytes or paths, class_name,
     # optional subgroup and split); folder: ROOT/<split>/<class>/[<subgroup>/]<image>;
-    # cifar10: torchvision's download into `path`; imagenet: ROOT/{train,val}/<wnid>/*.JPEG.
+    # cifar10: torchvision's download into `path` (default <cache>/cifar10), or a Parquet copy
+    # of CIFAR-10 when `path` holds one; imagenet: ROOT/{train,val}/<wnid>/*.JPEG.
     format: Literal["generated", "parquet", "folder", "cifar10", "imagenet"] = "generated"
     path: str | None = None
     # Resolution the decoded cache stores (square); None keeps the native size, which must then

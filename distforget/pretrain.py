@@ -6,7 +6,7 @@ loss on captions of the training split ("a photo of a red circle."), never on th
 split. The same command
 gives a small CLIP for any labelled image set, the CIFAR-10 Parquet copy included:
 
-    python -m distforget.pretrain --config configs/cifar10.yaml
+    distforget pretrain --config configs/cifar10.yaml [data.path=../shared/data/cifar10]
 
 The result is cached under ``<cache>/models/`` keyed by the architecture, the pretraining knobs
 and the content hash of the training images, with a JSON sidecar that records the zero-shot

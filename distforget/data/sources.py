@@ -309,14 +309,15 @@ def load_data(cfg: DataConfig, cache_dir: Path | None = None) -> ImageTable:
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if cfg.format == "generated":
         data = read_generated(cfg, cache_dir)
-    elif cfg.path is None:
+    elif cfg.path is None and cfg.format != "cifar10":
         raise DataError(f"data.path is required for data.format {cfg.format!r}")
     elif cfg.format == "parquet":
         data = read_parquet_manifest(cfg.path, cfg.image_size, cache_dir)
     elif cfg.format == "folder":
         data = read_image_folder(cfg.path, cfg.image_size, cache_dir)
-    elif cfg.format == "cifar10":
-        data = read_torchvision_cifar10(cfg.path)
+    elif cfg.format == "cifar10":  # torchvision's download, or a local Parquet copy
+        from distforget.data.cifar10 import read_cifar10
+        data = read_cifar10(cfg.path, cfg.image_size, cache_dir)
     elif cfg.format == "imagenet":
         from distforget.data.imagenet import read_imagenet
         data = read_imagenet(cfg.path, cfg.image_size, cache_dir)
