@@ -71,8 +71,8 @@ def accepted(cls: type, f: dataclasses.Field) -> str:
 
 def _scalar(name: str, value: Any) -> str:
     """``name: value`` in YAML, a list in flow style."""
-    text = yaml.safe_dump({name: value}, default_flow_style=None if isinstance(value, list) else False,
-                          sort_keys=False, width=10**6)
+    flow = None if isinstance(value, list) else False  # None: flow style for the list only
+    text = yaml.safe_dump({name: value}, default_flow_style=flow, sort_keys=False, width=10**6)
     return text.rstrip("\n")
 
 

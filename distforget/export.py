@@ -15,7 +15,6 @@ helper (``open_clip.push_to_hf_hub``), after which ``"hf-hub:ORG/NAME"`` loads i
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import importlib.util
 import json
@@ -131,8 +130,9 @@ def push_to_hub(folder: str | Path, repo_id: str, *, private: bool = False,
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser = command_parser(
-        "export", prog=prog, description="Export a point of a finished search as an open_clip checkpoint "
-                              "(open_clip's Hub layout), and optionally push it to the Hub.")
+        "export", prog=prog,
+        description="Export a point of a finished search as an open_clip checkpoint (open_clip's "
+                    "Hub layout), and optionally push it to the Hub.")
     parser.add_argument("--run", required=True, help="the run folder (<storage>/<name>)")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--pick", default=None,
