@@ -6,7 +6,8 @@ Each trial's soup sweep counts towards the front, as in ``python -m distforget.s
 run (sampler, seed) is its own search with its own stage cache, so wall times compare.
 
     python bench/search_efficiency.py                     # embedded default, 16 trials, 3 seeds
-    python bench/search_efficiency.py --config configs/cifar10.yaml --trials 32 --full
+    python bench/search_efficiency.py --config configs/cifar10.yaml --trials 32 --full \
+        data.path=../shared/data/cifar10   # the local Parquet copy, no download
 """
 
 from __future__ import annotations

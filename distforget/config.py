@@ -80,7 +80,8 @@ class DataConfig:
 
     # generated: the embedded shapes; parquet: a manifest (image bytes or paths, class_name,
     # optional subgroup and split); folder: ROOT/<split>/<class>/[<subgroup>/]<image>;
-    # cifar10: torchvision's download into `path`; imagenet: ROOT/{train,val}/<wnid>/*.JPEG.
+    # cifar10: torchvision's download into `path` (default <cache>/cifar10), or a Parquet copy
+    # of CIFAR-10 when `path` holds one; imagenet: ROOT/{train,val}/<wnid>/*.JPEG.
     format: Literal["generated", "parquet", "folder", "cifar10", "imagenet"] = "generated"
     path: str | None = None
     # Resolution the decoded cache stores (square); None keeps the native size, which must then
@@ -434,9 +435,10 @@ def parse_overrides(items: list[str] | tuple[str, ...]) -> dict[str, Any]:
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r}: expected key=value, e.g. forget.lr=1e-4")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+            out[key.strip()] = yaml.load(raw, Loader=UniqueKeyLoader) if raw.strip() else ""
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override {item!r}: value is not valid YAML ({exc})") from None
+            problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+            raise ConfigError(f"override {item!r}: value is not valid YAML ({problem})") from None
     return out
 
 
@@ -446,6 +448,29 @@ def apply_overrides(data: Mapping[str, Any], overrides: Mapping[str, Any]) -> di
     for dotted, value in overrides.items():
         _set_dotted(tree, dotted, value)
     return tree
+
+
+class UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, except that a mapping naming a key twice is an error (PyYAML would
+    keep the last value silently). Keys merged in with ``<<`` may still be overridden."""
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    duplicate = key in seen
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if duplicate:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"duplicate key {key!r} (first at line {seen[key] + 1}): "
+                        "expected each key once per mapping", key_node.start_mark)
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
@@ -458,7 +483,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"config file {str(path)!r} cannot be read: {exc.strerror}") from None
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=UniqueKeyLoader)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""

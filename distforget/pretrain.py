@@ -6,7 +6,7 @@ loss on captions of the training split ("a photo of a red circle."), never on th
 split. The same command
 gives a small CLIP for any labelled image set, the CIFAR-10 Parquet copy included:
 
-    python -m distforget.pretrain --config configs/cifar10.yaml
+    distforget pretrain --config configs/cifar10.yaml [data.path=../shared/data/cifar10]
 
 The result is cached under ``<cache>/models/`` keyed by the architecture, the pretraining knobs
 and the content hash of the training images, with a JSON sidecar that records the zero-shot
@@ -212,13 +212,13 @@ def pretrained_info(path: Path) -> dict:
     return json.loads(side.read_text()) if side.is_file() else {}
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     from distforget.cli import add_common_arguments, config_from_args, pick_device, run_cli
     from distforget.data.load import load_data
     from distforget.zeroshot import templates_for
 
     parser = argparse.ArgumentParser(
-        prog="python -m distforget.pretrain",
+        prog=prog or "python -m distforget.pretrain",
         description="Pretrain the small CLIP on a labelled image set (cached); print its "
                     "zero-shot accuracy on the held-out split.")
     add_common_arguments(parser)

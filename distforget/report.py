@@ -231,8 +231,8 @@ def confirmation_lines(results: pd.DataFrame, row: pd.Series, target) -> list[st
     return lines + [""]
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m distforget.report",
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = argparse.ArgumentParser(prog=prog or "python -m distforget.report",
                                      description="Rebuild a search's front, plot and report.")
     parser.add_argument("--run", required=True, help="the run folder (<storage>/<name>)")
     parser.add_argument("--pick", default=None, help="pick rule (default: the run's)")

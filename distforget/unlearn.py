@@ -1,4 +1,4 @@
-"""``python -m distforget.unlearn``: one run of the method or a baseline, without a search.
+"""``distforget unlearn``: one run of the method or a baseline, without a search.
 
 With no arguments it runs the three-stage method and every baseline once on the embedded
 default, prints a table and writes ``unlearn.json`` (one record per method, every metric) in the
@@ -8,23 +8,25 @@ process on one device; no Ray is involved.
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
-import torch
-
-from distforget.cli import add_common_arguments, config_from_args, pick_device, run_cli
+from distforget.cli import (add_common_arguments, command_parser, config_from_args, pick_device,
+                            run_cli)
 from distforget.config import BASELINES, METHODS, RunConfig, replace
 from distforget.errors import ConfigError
-from distforget.storage import atomic_path
+
+if TYPE_CHECKING:
+    import torch
 
 SHOWN = ("method", "forget_acc", "retain_acc", "zeroshot_acc", "test_forget_acc",
          "test_retain_acc", "test_zeroshot_acc", "mia_auc", "alpha", "wall_s")
 
 
 def write_json_atomic(path: Path, data) -> None:
+    from distforget.storage import atomic_path
+
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(data, indent=2, default=float))
 
@@ -69,9 +71,9 @@ def unlearn(cfg: RunConfig, methods: list[str], *, device: torch.device, out_dir
     return records
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m distforget.unlearn",
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    parser = command_parser(
+        "unlearn", prog=prog, takes_config=True,
         description="Run the three-stage method or a baseline once (no search) and write "
                     "the metrics and checkpoints.")
     add_common_arguments(parser)
@@ -87,6 +89,13 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--method {args.method!r}: expected one of "
                               f"{', '.join(METHODS)} or all")
         cfg = config_from_args(args)
+        from distforget.storage import check_writable_folder
+
+        check_writable_folder(Path(args.json).parent, "--json folder")
+        if args.out:
+            check_writable_folder(args.out, "--out")
+        import pandas as pd
+
         methods = ["three_stage", *BASELINES, "base"] if args.method == "all" else [args.method]
         records = unlearn(cfg, methods, device=pick_device(args.device),
                           out_dir=Path(args.out) if args.out else None)

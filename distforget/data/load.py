@@ -12,6 +12,8 @@ import numpy as np
 import pandas as pd
 
 from distforget.config import DataConfig
+from distforget.data.cifar10 import CLASSES as CIFAR10_CLASSES
+from distforget.data.cifar10 import holds_parquet
 from distforget.data.generated import generate
 from distforget.data.imagenet import read_imagenet
 from distforget.data.sources import (IMAGE_SUFFIXES, ImageTable, decode_cached, default_cache_dir,
@@ -96,7 +98,7 @@ def read_torchvision_cifar10(root: str | Path) -> ImageTable:
         except Exception as exc:  # URLError, OSError, checksum failures
             raise DataError(
                 f"CIFAR-10 could not be downloaded into {str(root)!r} ({exc}); without the "
-                "network use the Parquet form (data.format: parquet)") from None
+                "network set data.path to a Parquet copy of CIFAR-10") from None
         arrays.append(np.asarray(ds.data, dtype=np.uint8))
         frames.append(pd.DataFrame({
             "class_name": [ds.classes[t] for t in ds.targets],
@@ -104,6 +106,19 @@ def read_torchvision_cifar10(root: str | Path) -> ImageTable:
             "source": [f"cifar10/{split}/{i:05d}" for i in range(len(ds.targets))],
         }))
     return from_arrays(np.concatenate(arrays), pd.concat(frames, ignore_index=True))
+
+
+def read_cifar10(path: str | Path | None, size: int | None, cache_dir: Path) -> ImageTable:
+    """CIFAR-10 as an ``ImageTable`` (see ``distforget.data.cifar10`` for what ``path`` may
+    be)."""
+    if path is None or not holds_parquet(path):
+        return read_torchvision_cifar10(path or Path(cache_dir) / "cifar10")
+    data = read_parquet_manifest(path, size, cache_dir)
+    if set(data.classes) != set(CIFAR10_CLASSES):
+        raise DataError(f"data.path {str(path)!r} is a Parquet manifest, but its classes "
+                        f"({', '.join(data.classes[:12])}) are not CIFAR-10's: expected "
+                        f"{', '.join(CIFAR10_CLASSES)}, or data.format: parquet for other images")
+    return data
 
 
 def read_generated(cfg: DataConfig, cache_dir: Path) -> ImageTable:
@@ -130,14 +145,14 @@ def load_data(cfg: DataConfig, cache_dir: Path | None = None) -> ImageTable:
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     if cfg.format == "generated":
         data = read_generated(cfg, cache_dir)
-    elif cfg.path is None:
+    elif cfg.path is None and cfg.format != "cifar10":
         raise DataError(f"data.path is required for data.format {cfg.format!r}")
     elif cfg.format == "parquet":
         data = read_parquet_manifest(cfg.path, cfg.image_size, cache_dir)
     elif cfg.format == "folder":
         data = read_image_folder(cfg.path, cfg.image_size, cache_dir)
-    elif cfg.format == "cifar10":
-        data = read_torchvision_cifar10(cfg.path)
+    elif cfg.format == "cifar10":  # torchvision's download, or a local Parquet copy
+        data = read_cifar10(cfg.path, cfg.image_size, cache_dir)
     elif cfg.format == "imagenet":
         data = read_imagenet(cfg.path, cfg.image_size, cache_dir)
     else:  # the config's Literal type makes this unreachable

@@ -7,7 +7,7 @@ in every requested style and returns a manifest frame: ``image`` (PNG bytes), ``
 ``subgroup`` (the style), ``split``, ``origin`` (where the original came from) and
 ``origin_sha`` (its content hash). Every style of one original lands in the same split.
 
-    python -m distforget.data.styles --input ../shared/data/cifar10 \\
+    python -m distforget.data.styles --input cifar10 \\
         --out data/cifar10-styles.parquet --styles photo,sketch,cartoon,grayscale,painting \\
         --per-class 500 --seed 0
 
@@ -153,8 +153,26 @@ def _read_folder_source(root: Path) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["blob", "class_name", "split", "origin"])
 
 
+def _read_cifar10_source() -> pd.DataFrame:
+    """CIFAR-10 through torchvision's download into the cache, each image encoded as PNG."""
+    from distforget.data.load import read_torchvision_cifar10
+    from distforget.data.sources import default_cache_dir
+
+    data = read_torchvision_cifar10(default_cache_dir() / "cifar10")
+    return pd.DataFrame({"blob": [encode_png(Image.fromarray(np.asarray(img)))
+                                  for img in data.images],
+                         "class_name": data.table["class_name"].to_numpy(),
+                         "split": data.table["split"].to_numpy(),
+                         "origin": data.table["source"].to_numpy()})
+
+
 def read_originals(path: str | Path) -> pd.DataFrame:
-    """The input's encoded images with ``class_name``, ``split`` (may be None), ``origin``."""
+    """The input's encoded images with ``class_name``, ``split`` (may be None), ``origin``.
+
+    ``path`` is a manifest, a folder of them or an image folder; the word ``cifar10`` (when no
+    file or folder has that name) is CIFAR-10 through torchvision's download."""
+    if str(path) == "cifar10" and not Path(path).exists():
+        return _read_cifar10_source()
     path = Path(path)
     if path.is_file() or (path.is_dir() and any(path.glob("*.parquet"))):
         return _read_parquet_source(path)
@@ -254,8 +272,9 @@ def main(argv: list[str] | None = None) -> int:
         description="Render an image set in several styles and write a Parquet manifest whose "
                     "subgroup is the style.")
     parser.add_argument("--input", required=True,
-                        help="a Parquet manifest, a folder of them, or an image folder "
-                             "ROOT/<split>/<class>/[<subgroup>/]<image>")
+                        help="a Parquet manifest, a folder of them, an image folder "
+                             "ROOT/<split>/<class>/[<subgroup>/]<image>, or 'cifar10' "
+                             "(torchvision's download into the cache)")
     parser.add_argument("--out", required=True, help="the manifest to write (.parquet)")
     parser.add_argument("--styles", default=",".join(STYLES),
                         help=f"comma-separated, of {', '.join(STYLES)} (default: all)")

@@ -131,5 +131,5 @@ def test_torchvision_download_failure_is_a_clear_error(tmp_path, monkeypatch):
             raise OSError("network is unreachable")
 
     monkeypatch.setattr(torchvision.datasets, "CIFAR10", Offline)
-    with pytest.raises(DataError, match="could not be downloaded.*data.format: parquet"):
+    with pytest.raises(DataError, match="could not be downloaded.*data.path to a Parquet copy"):
         load.read_torchvision_cifar10(tmp_path)
