@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from distforget.config import RunConfig
+from distforget.errors import DistforgetError
 from distforget.objectives import (ACCURACIES, METRICS, Constraint, parse_target, shortfalls,
                                    as_test)
 from distforget.pareto import pareto_front, pick, usable
@@ -48,6 +49,20 @@ def base_of(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
         if value is not None and value == value:
             out[m] = float(value)
     return out
+
+
+class SearchFailed(DistforgetError):
+    """Every trial of the search failed: there is nothing to choose from."""
+
+
+def failed_search(results: pd.DataFrame) -> None:
+    """Raise ``SearchFailed`` naming the most common error when no trial of the method
+    finished."""
+    trials = results[results["source"] == "trial"]
+    if len(trials) and usable(results[results["source"].isin(METHOD_SOURCES)]).empty:
+        errors = trials["error"].fillna("no metrics").value_counts()
+        raise SearchFailed(f"every trial failed ({len(trials)} of {len(trials)}); the most "
+                           f"common error ({errors.iloc[0]} trials): {errors.index[0]}")
 
 
 def choose(results: pd.DataFrame, cfg: RunConfig, base: Mapping[str, float]

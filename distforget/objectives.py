@@ -148,3 +148,16 @@ def shortfalls(metrics: Mapping[str, float], target: Sequence[Constraint],
             out.append(f"{c.metric} {float(metrics.get(c.metric, float('nan'))):.3f} {sign} "
                        f"{c.threshold(base):.3f} (by {max(gap, 0.0):.3f})")
     return out
+
+
+def nothing_to_forget(base: Mapping[str, float], target: Sequence[Constraint]) -> str | None:
+    """Why a search would be pointless, or None: the base model already meets the target's
+    forget constraint (it does not recognise the forget subgroup, so there is nothing to
+    forget and every point of a front would be the same)."""
+    for c in target:
+        if c.metric == "forget_acc" and c.op in ("<=", "<") and c.met(base["forget_acc"], base):
+            return (f"the base model's validation forget_acc is {base['forget_acc']:.3f}, which "
+                    f"already meets the target's {c}: it does not recognise the forget "
+                    "subgroup, so there is nothing to forget; check scenario.forget_class and "
+                    "scenario.forget_subgroup, or the base weights")
+    return None

@@ -103,6 +103,15 @@ def makedirs(uri: str) -> None:
     fs.create_dir(path, recursive=True)
 
 
+def remove_tree(uri: str) -> None:
+    """Delete a folder and everything under it (local or remote); absent is fine."""
+    fs, path = resolve(uri)
+    try:
+        fs.delete_dir(path)
+    except FileNotFoundError:
+        pass
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as f:

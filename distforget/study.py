@@ -80,8 +80,10 @@ def add_sweep_points(study: optuna.Study, distributions: dict, record: dict,
             params["restore.beta"] = point["recipe"]["beta"]
         study.add_trial(optuna.trial.create_trial(
             params=params, distributions=distributions, values=values,
-            user_attrs={"sweep_of": record["trial_id"],
-                        "tune_trial_id": f"{record['trial_id']}~{i}"},
+            user_attrs={"sweep_of": record["trial_id"], "source": "sweep",
+                        "tune_trial_id": f"{record['trial_id']}~{i}",
+                        **{k: point["metrics"][k] for k in ("mia_auc", "forget_sim")
+                           if point["metrics"].get(k) is not None}},
             constraints=constraint_values({**record, **point["metrics"]}, target) or None))
         added += 1
     return added

@@ -114,3 +114,17 @@ def test_confirmation_values_keep_the_point_and_move_every_seed(tiny_cfg):
                      "baseline.seed": 1}
     assert second["remind.seed"] == 7 and second["forget.seed"] == 2
     assert confirm.confirmation_params(row, tiny_cfg, 0) == []
+
+
+def test_a_search_whose_every_trial_failed_names_the_most_common_error():
+    import pandas as pd
+
+    results = pd.DataFrame([
+        {"trial_id": f"t{i}", "source": "trial", "status": "failed", "error": err,
+         "forget_acc": None, "retain_acc": None, "zeroshot_acc": None}
+        for i, err in enumerate(["ValueError: boom", "ValueError: boom", "OSError: disk"])])
+    with pytest.raises(confirm.SearchFailed, match=r"every trial failed \(3 of 3\); the most "
+                                                   r"common error \(2 trials\): ValueError: boom"):
+        confirm.failed_search(results)
+    results.loc[0, ["status", "forget_acc", "retain_acc", "zeroshot_acc"]] = ["ok", .1, .8, .9]
+    confirm.failed_search(results)  # one finished trial is enough to choose from

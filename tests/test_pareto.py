@@ -126,3 +126,11 @@ def test_target_constraints_read_absolute_and_relative_thresholds():
         parse_target("speed<=3")
     with pytest.raises(ConfigError, match="cannot read 'retain_acc>>0.9'"):
         parse_target("retain_acc>>0.9")
+
+
+def test_a_base_model_that_already_meets_the_forget_target_has_nothing_to_forget():
+    from distforget.objectives import nothing_to_forget
+
+    reason = nothing_to_forget({**BASE, "forget_acc": 0.02}, TARGET)
+    assert "forget_acc is 0.020" in reason and "nothing to forget" in reason
+    assert nothing_to_forget(BASE, TARGET) is None

@@ -27,6 +27,7 @@ from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+from distforget import storage
 from distforget.config import ResourcesConfig, RunConfig as DistforgetConfig, from_dict
 from distforget.errors import DistforgetError
 from distforget.prepare import Prepared
@@ -88,6 +89,7 @@ def ray_launcher(prepared_ref: ray.ObjectRef, cache: StageCache, resources: Reso
                  storage_path: str, run_name: str) -> Launch:
     """Launch a trial's stages as one ``TorchTrainer`` named ``<run_name>-<stages>``."""
     def launch(cfg: DistforgetConfig, tasks: Sequence[StageTask]) -> dict[str, StageOutput]:
+        name = f"{run_name}-{'-'.join(t.stage for t in tasks)}"
         trainer = TorchTrainer(
             _stages_worker,
             # The ref is wrapped in a list so Ray passes it through instead of resolving it.
@@ -95,7 +97,7 @@ def ray_launcher(prepared_ref: ray.ObjectRef, cache: StageCache, resources: Reso
                                "tasks": [t.__dict__ for t in tasks], "cache_root": cache.root},
             scaling_config=scaling_config(resources),
             run_config=RunConfig(
-                name=f"{run_name}-{'-'.join(t.stage for t in tasks)}", storage_path=storage_path,
+                name=name, storage_path=storage_path,
                 failure_config=FailureConfig(max_failures=resources.max_failures),
                 checkpoint_config=CheckpointConfig(num_to_keep=1)))
         trainer.fit()
@@ -105,6 +107,9 @@ def ray_launcher(prepared_ref: ray.ObjectRef, cache: StageCache, resources: Reso
             if out[t.key] is None:
                 raise RuntimeError(f"stage {t.stage} finished without writing its output "
                                    f"({t.key[:12]})")
+        # Every stage is in the stage cache now: its per-epoch Ray Train checkpoints (a whole
+        # model each) are no longer needed to resume anything.
+        storage.remove_tree(storage.join(storage_path, name))
         return out
     return launch
 

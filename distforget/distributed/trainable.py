@@ -65,6 +65,8 @@ class SweepOptunaSearch(OptunaSearch):
     def __init__(self, *args, target: Sequence[Constraint] = (), **kwargs):
         super().__init__(*args, **kwargs)
         self._target = tuple(target)
+        # optuna-dashboard then names the objectives instead of "Objective 0/1/2".
+        self._ot_study.set_metric_names(list(OBJECTIVES))
 
     def suggest(self, trial_id: str):
         params = super().suggest(trial_id)
@@ -76,8 +78,12 @@ class SweepOptunaSearch(OptunaSearch):
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
         record = json.loads(result["record"]) if result and "record" in result else None
         ot_trial = self._ot_trials.get(trial_id)
-        if record is not None and not error and ot_trial is not None and self._target:
-            set_constraints(ot_trial, record, self._target)
+        if record is not None and not error and ot_trial is not None:
+            for key in ("source", "mia_auc", "forget_sim", "alpha", "parent_id"):
+                if record.get(key) is not None:
+                    ot_trial.set_user_attr(key, record[key])
+            if self._target:
+                set_constraints(ot_trial, record, self._target)
         super().on_trial_complete(trial_id, result, error)
         if record is not None and not error:
             add_sweep_points(self._ot_study, self._space, record, self._target)

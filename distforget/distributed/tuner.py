@@ -16,9 +16,10 @@ from distforget.distributed.cluster import check_storage, connect, max_concurren
 from distforget.distributed.train import prepare_on_cluster, ray_evaluator
 from distforget.distributed.trainable import ResultsWriter, SweepOptunaSearch, run_one_trial
 from distforget.errors import ConfigError
+from distforget.confirm import failed_search, finish
 from distforget.export import export_point
-from distforget.confirm import finish
-from distforget.objectives import DIRECTIONS, OBJECTIVES, parse_target, as_test
+from distforget.objectives import (DIRECTIONS, OBJECTIVES, as_test, nothing_to_forget,
+                                   parse_target)
 from distforget.report import build_report
 from distforget.run_folder import RunFolder, StudyStore, reconcile_study, run_info, search_identity
 from distforget.search_space import SearchSpace, load_space
@@ -107,6 +108,9 @@ def run_search(cfg: RunConfig, log: Callable[[str], None] = print) -> dict[str, 
     if existing is not None and existing.get("fingerprint") != prepared.fingerprint:
         raise ConfigError(f"output folder {folder.root!r} was searched on other inputs (the "
                           "data or the base weights changed); use another output.name")
+    reason = nothing_to_forget(prepared.base_metrics, parse_target(cfg.search.target))
+    if reason is not None:
+        raise ConfigError(reason)
     info = run_info(cfg, identity, space, space_text, prepared)
     folder.write_info(info, prepared.base_state)
     log("base model: " + "  ".join(f"{k} {prepared.base_metrics[k]:.3f}" for k in OBJECTIVES))
@@ -130,6 +134,7 @@ def run_search(cfg: RunConfig, log: Callable[[str], None] = print) -> dict[str, 
             run_config=tune.RunConfig(name=folder.attempt("confirm"), storage_path=folder.root,
                                       callbacks=[ResultsWriter(folder, len(params), 0)])).fit()
 
+    failed_search(folder.read_results())
     evaluate = ray_evaluator(prepared_ref, StageCache(folder.stages), cfg.resources,
                              cfg.model.precision)
     verdict = finish(folder, cfg, evaluate=evaluate, run_confirmations=run_confirmations,

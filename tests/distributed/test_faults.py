@@ -156,6 +156,8 @@ def test_a_worker_killed_mid_stage_resumes_from_its_last_checkpoint(
     assert stages.has("forget", fkey) and stages.has("remind", rkey)
     assert forget_meta.read_bytes() == forget_written
     assert stages.get("remind", rkey).meta["steps"] == out.meta["steps"]
+    # With both stages in the cache, their Ray Train checkpoints were deleted.
+    assert not os.path.exists(run_dir)
 
     # Each remind epoch ran once overall, with the steps of the uninterrupted run.
     history = out.meta["history"]

@@ -77,6 +77,9 @@ def test_a_search_leaves_every_output(finished_run):
         assert heading in report
     png = open(os.path.join(run, "pareto.png"), "rb").read(8)
     assert png.startswith(b"\x89PNG")
+    # Ray Train's per-epoch checkpoints are gone once each stage is in the stage cache.
+    train = os.path.join(run, "train")
+    assert not os.path.isdir(train) or os.listdir(train) == []
     # Trials are named by id: Tune's trial folders carry the ids, no dates.
     tune_dirs = [d for d in os.listdir(run) if d.startswith("tune-")]
     trial_dirs = os.listdir(os.path.join(run, tune_dirs[0]))
@@ -90,6 +93,9 @@ def test_a_search_leaves_every_output(finished_run):
         JournalFileBackend(os.path.join(run, "optuna.journal"))))
     complete = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     assert len(complete) == len(results[results["source"].isin(["trial", "sweep"])])
+    assert study.metric_names == ["forget_acc", "retain_acc", "zeroshot_acc"]
+    trial_attrs = [t.user_attrs for t in complete if "sweep_of" not in t.user_attrs]
+    assert all({"mia_auc", "forget_sim", "source"} <= set(a) for a in trial_attrs)
     # Each carries its constraint values against the target, for the sampler.
     assert all(set(t.constraints) == {"forget_acc<=0.05", "retain_acc>=0.9*base",
                                       "zeroshot_acc>=0.95*base"} for t in complete)
