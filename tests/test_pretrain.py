@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pytest
 import torch
 
 from distforget.config import RunConfig
@@ -9,6 +10,7 @@ from distforget.pretrain import caption, caption_targets, ensure_pretrained, pre
 from distforget.zeroshot import GENERATED_TEMPLATES
 
 
+@pytest.mark.slow  # pretrains the embedded default's CLIP from scratch
 def test_embedded_model_recognises_its_held_out_images(cache_dir, cpu):
     """The embedded default's small CLIP, pretrained as a user's first run would: it must know
     the classes (the forget subgroup included) before anything can be forgotten."""

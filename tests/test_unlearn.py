@@ -39,6 +39,7 @@ def test_no_arguments_compares_the_method_and_every_baseline(tmp_path):
     assert model is not None
 
 
+@pytest.mark.slow  # runs the three stages on real CIFAR-10 images
 def test_a_cifar10_scenario_runs_end_to_end(tmp_path, cifar_manifest):
     cfg = {
         "data": {"format": "parquet", "path": str(cifar_manifest)},
