@@ -43,7 +43,7 @@ def models_in_cache() -> set[str]:
 def frames():
     """A few CIFAR-10 images of three classes; airplanes in two subgroups, sky and ground."""
     train = cifar_frame("train", 16, classes=CLASSES).assign(split="train")
-    test = cifar_frame("test", 6, classes=CLASSES).assign(split="test")
+    test = cifar_frame("test", 20, classes=CLASSES).assign(split="test")
     df = pd.concat([train, test], ignore_index=True)[["image", "class_name", "split", "path"]]
     plane = df["class_name"] == "airplane"
     df["subgroup"] = None

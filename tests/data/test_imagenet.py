@@ -44,10 +44,11 @@ def raw_ancestors(synsets: dict, wnid: str) -> set[str]:
 
 @pytest.fixture(scope="module")
 def mini_imagenet(tmp_path_factory) -> Path:
-    """ROOT/{train,val}/<wnid>/*.JPEG: 10 train and 4 val CIFAR-10 JPEGs per wnid."""
+    """ROOT/{train,val}/<wnid>/*.JPEG: 10 train and 10 val CIFAR-10 JPEGs per wnid (5
+    validation and 5 test images of each held-out set)."""
     root = tmp_path_factory.mktemp("mini-imagenet")
     train = cifar_frame("train", 10, seed=1)
-    val = cifar_frame("test", 4, seed=1)
+    val = cifar_frame("test", 10, seed=1)
     cifar = sorted(set(train["class_name"]))
     for split, frame in (("train", train), ("val", val)):
         for wnid, cifar_class in zip(MINI, cifar):
@@ -124,10 +125,10 @@ def test_unknown_or_ambiguous_synsets_are_refused_by_name():
 def test_imagenet_folder_reads_wnids_as_open_clip_names(mini_imagenet, tmp_path):
     data = load_data(DataConfig(format="imagenet", path=str(mini_imagenet), image_size=32),
                      tmp_path)
-    assert data.images.shape == (len(MINI) * 14, 32, 32, 3)
+    assert data.images.shape == (len(MINI) * 20, 32, 32, 3)
     assert set(data.classes) == {"marmoset", "howler monkey", "titi monkey", "macaque",
                                  "tench", "goldfish"}
-    assert data.table["split"].value_counts().to_dict() == {"train": 60, "val": 24}
+    assert data.table["split"].value_counts().to_dict() == {"train": 60, "val": 60}
     assert data.table["subgroup"].isna().all()
 
 
@@ -136,7 +137,7 @@ def test_imagenet_manifest_with_a_wnid_column(mini_imagenet, tmp_path):
     pd.DataFrame({"image": [f.read_bytes() for f in files],
                   "wnid": [f.parent.name for f in files]}).to_parquet(tmp_path / "val.parquet")
     data = imagenet.read_imagenet(tmp_path / "val.parquet", 32, tmp_path / "cache")
-    assert data.table["class_name"].value_counts()["marmoset"] == 4
+    assert data.table["class_name"].value_counts()["marmoset"] == 10
     assert data.table["split"].isna().all()
     # A folder of manifests takes the split from the file name, as the parquet form does.
     data = imagenet.read_imagenet(tmp_path, 32, tmp_path / "cache")

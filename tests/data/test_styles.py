@@ -25,12 +25,12 @@ ALL = ("photo", "sketch", "cartoon", "grayscale", "painting")
 
 @pytest.fixture(scope="module")
 def small_cifar(tmp_path_factory) -> Path:
-    """A folder of two manifests (train, test): 8 + 4 real CIFAR-10 images of 3 classes."""
+    """A folder of two manifests (train, test): 8 + 10 real CIFAR-10 images of 3 classes."""
     folder = tmp_path_factory.mktemp("cifar-styles-input")
     classes = ["airplane", "cat", "ship"]
     cifar_frame("train", 8, classes)[["image", "class_name", "path"]].to_parquet(
         folder / "train.parquet")
-    cifar_frame("test", 4, classes)[["image", "class_name", "path"]].to_parquet(
+    cifar_frame("test", 10, classes)[["image", "class_name", "path"]].to_parquet(
         folder / "test.parquet")
     return folder
 
