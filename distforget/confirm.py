@@ -129,9 +129,10 @@ def confirmation_summary(results: pd.DataFrame, chosen: Mapping[str, Any],
     """The chosen point and its confirmation runs on the test images: each seed's metrics,
     their mean and standard deviation, and whether the target holds on each seed (relative
     thresholds against the base model's test metrics)."""
+    # Confirmation runs in the order of their seeds (Tune names grid trials in that order).
     runs = [dict(chosen)] + [r.to_dict() for _, r in results[
         (results["source"] == CONFIRM) & (results["parent_id"] == chosen["trial_id"])
-        & (results["status"] == "ok")].iterrows()]
+        & (results["status"] == "ok")].sort_values("trial_id").iterrows()]
     base_test = base_of(chosen, prefix="test_")
     per_seed = []
     for i, run in enumerate(runs):

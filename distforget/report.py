@@ -81,18 +81,19 @@ def budgets(results: pd.DataFrame) -> pd.DataFrame:
     """Per method: the trials run (each trains), the points evaluated (trials and their extra
     soups) and the summed trial wall time."""
     rows = []
-    for (source, method), group in results.groupby(["source", "method"], sort=True):
-        trials = group[group["source"] != "sweep"]
-        rows.append({"source": source, "method": method, "trials": len(trials),
-                     "failed": int((trials["status"] != "ok").sum()),
-                     "wall_s": float(pd.to_numeric(trials["wall_s"]).fillna(0).sum())})
-    table = pd.DataFrame(rows)
-    if table.empty:
-        return table
-    sweeps = results[results["source"] == "sweep"].groupby("method").size()
-    table["points"] = table["trials"] + table.apply(
-        lambda r: int(sweeps.get(r["method"], 0)) if r["source"] == "trial" else 0, axis=1)
-    return table[["source", "method", "trials", "points", "failed", "wall_s"]]
+    # A sweep row is a point of its trial (source "sweep" for the method's search; a searched
+    # baseline's soups keep the source "baseline" and carry a parent_id).
+    runs = results[(results["source"] != "sweep") & results["parent_id"].isna()
+                   | (results["source"] == "confirm")]
+    for (source, method), group in runs.groupby(["source", "method"], sort=True):
+        points = (len(results[(results["source"] == "sweep") & (results["method"] == method)])
+                  if source == "trial" else
+                  int((results["source"] == source).mul(results["method"] == method).sum()))
+        rows.append({"source": source, "method": method, "trials": len(group),
+                     "points": len(group) + points if source == "trial" else points,
+                     "failed": int((group["status"] != "ok").sum()),
+                     "wall_s": float(pd.to_numeric(group["wall_s"]).fillna(0).sum())})
+    return pd.DataFrame(rows)
 
 
 def with_interval(row: pd.Series, metric: str) -> str:
@@ -177,7 +178,7 @@ def build_report(run: str, rule: str | None = None) -> dict[str, Any]:
               "forget_acc (lower), retain_acc (higher), zeroshot_acc (higher), with their test "
               "metrics.", "",
               markdown_table(front, SHOWN + [as_test(m) for m in ACCURACIES]
-                             + [c for c in front if "." in c]), ""]
+                             + [c for c in front if "." in c and front[c].notna().any()]), ""]
     lines += ["## Chosen point", ""]
     if chosen is not None:
         row = results[results["trial_id"] == chosen["trial_id"]].iloc[0]
