@@ -142,7 +142,8 @@ def prepare(cfg: RunConfig, device: torch.device, *, cache_dir: Path | None = No
     base_metrics.update(evaluator.calibration(model.visual))
 
     synthetic, synthetic_teacher, synthetic_key = synthesize(
-        model.visual, prep, head, logit_scale, cfg.remind, cfg.model.precision)
+        model.visual, prep, head, logit_scale, cfg.remind, cfg.model.precision,
+        size=images.shape[1])
 
     base_state = state_to_numpy(model)
     head_np = head.float().cpu().numpy()
@@ -162,15 +163,19 @@ def prepare(cfg: RunConfig, device: torch.device, *, cache_dir: Path | None = No
 
 
 def synthesize(visual, prep, head: torch.Tensor, logit_scale: float, cfg: RemindConfig,
-               precision: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
-    """The remind stage's BN-aligned images and their teacher logits, made once per run."""
+               precision: str, size: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """The remind stage's BN-aligned images and their teacher logits, made once per run at
+    ``size``, the stored images' size (default: the model's input size)."""
     from distforget.remind import bn_align_count, bn_aligned_images
 
+    size = prep.size if size is None else int(size)
     count = bn_align_count(cfg, visual)
     key = (count, cfg.bn_align_steps, cfg.seed)
     if not count:
-        return (np.zeros((0, prep.size, prep.size, 3), np.uint8),
+        return (np.zeros((0, size, size, 3), np.uint8),
                 np.zeros((0, head.shape[0]), np.float32), key)
-    images = bn_aligned_images(visual, prep, count=count, steps=cfg.bn_align_steps, seed=cfg.seed)
+    images = bn_aligned_images(visual, prep, count=count, steps=cfg.bn_align_steps,
+                               seed=cfg.seed, size=size)
     feats = image_features(visual, images, prep, precision=precision)
     return images, (logit_scale * feats @ head.T).float().cpu().numpy(), key
