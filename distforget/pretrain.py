@@ -8,8 +8,8 @@ gives a small CLIP for any labelled image set, the CIFAR-10 Parquet copy include
 
     python -m distforget.pretrain --config configs/cifar10.yaml
 
-The result is cached under ``<cache>/models/`` keyed by the architecture, the pretraining knobs
-and the content hash of the training images, with a JSON sidecar that records the zero-shot
+The result is cached under ``<cache>/models/`` keyed by the architecture, the pretraining knobs,
+the stored image size and the content hash of the images and their labels, with a JSON sidecar that records the zero-shot
 accuracy on the held-out split.
 """
 
@@ -165,7 +165,11 @@ def zeroshot_accuracy(model, name: str, data: ImageTable, rows: np.ndarray, temp
 
 def cache_key(model: ModelConfig, cfg: PretrainConfig, data: ImageTable, rows: np.ndarray,
               templates) -> str:
-    h = hashlib.sha256(f"v{PRETRAIN_VERSION}|{model.name}|{cfg}|{tuple(templates)}".encode())
+    """Hash of every input that changes the weights: the architecture, the pretraining knobs,
+    the templates, the stored image size (``data.image_size``, or the generated size), the
+    data's fingerprint (every image's content and labels) and the training rows."""
+    h = hashlib.sha256(f"v{PRETRAIN_VERSION}|{model.name}|{cfg}|{tuple(templates)}|"
+                       f"{tuple(data.images.shape[1:])}|{data.fingerprint}".encode())
     table = data.table.iloc[rows]
     for sha, c, s in zip(table["sha"], table["class_name"], table["subgroup"]):
         h.update(f"{sha}:{c}:{s};".encode())
