@@ -1,9 +1,11 @@
 """``python -m distforget.unlearn``: one run of the method or a baseline, without a search.
 
 With no arguments it runs the three-stage method and every baseline once on the embedded
-default, prints a table and writes ``unlearn.json`` (one record per method, every metric) in the
-current folder, and each method's checkpoint under ``unlearn/<method>/``. Stages run in this
-process on one device; no Ray is involved.
+default, prints a table and writes ``unlearn.json`` (one record per method, every metric) and
+each method's checkpoint under ``unlearn/<method>/``, both in the run's output folder
+``<output.storage>/<output.name>/`` (so two configs run from one folder keep their own
+results; a search may share the folder). Stages run in this process on one device; no Ray is
+involved.
 """
 
 from __future__ import annotations
@@ -22,6 +24,21 @@ from distforget.storage import atomic_path
 
 SHOWN = ("method", "forget_acc", "retain_acc", "zeroshot_acc", "forget_sim", "mia_auc",
          "alpha", "wall_s")
+
+
+def output_paths(cfg: RunConfig, json_path: str | None, out: str | None
+                 ) -> tuple[Path, Path | None]:
+    """Where ``unlearn.json`` and the checkpoints go: the given paths, else the run's output
+    folder (``out=''`` writes no checkpoints)."""
+    from distforget import storage
+
+    if (json_path is None or out is None) and storage.is_remote(cfg.output.storage):
+        raise ConfigError(f"output.storage {cfg.output.storage!r}: unlearn writes to a local "
+                          "folder; set a local output.storage, or --json and --out")
+    run = Path(cfg.output.storage).absolute() / cfg.output.name
+    json_path = Path(json_path) if json_path is not None else run / "unlearn.json"
+    out_dir = run / "unlearn" if out is None else (Path(out) if out else None)
+    return json_path, out_dir
 
 
 def write_json_atomic(path: Path, data) -> None:
@@ -71,9 +88,11 @@ def main(argv: list[str] | None = None) -> int:
     add_common_arguments(parser)
     parser.add_argument("--method", default="all",
                         help=f"one of {', '.join(METHODS)}, or 'all' (default)")
-    parser.add_argument("--json", default="unlearn.json", help="where the records go")
-    parser.add_argument("--out", default="unlearn",
-                        help="folder for checkpoints, one per method ('' for none)")
+    parser.add_argument("--json", default=None, help="where the records go (default: "
+                        "<output.storage>/<output.name>/unlearn.json)")
+    parser.add_argument("--out", default=None,
+                        help="folder for checkpoints, one per method ('' for none; default: "
+                             "<output.storage>/<output.name>/unlearn/)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
 
     def run(args) -> int:
@@ -81,14 +100,15 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--method {args.method!r}: expected one of "
                               f"{', '.join(METHODS)} or all")
         cfg = config_from_args(args)
+        json_path, out_dir = output_paths(cfg, args.json, args.out)
         methods = ["three_stage", *BASELINES, "base"] if args.method == "all" else [args.method]
         records = unlearn(cfg, methods, device=pick_device(args.device),
-                          out_dir=Path(args.out) if args.out else None)
+                          out_dir=out_dir)
         table = pd.DataFrame(records)
         print(table[[c for c in SHOWN if c in table]].to_string(index=False,
                                                                  float_format="%.3f"))
-        write_json_atomic(Path(args.json), records)
-        print(f"wrote {args.json}")
+        write_json_atomic(json_path, records)
+        print(f"wrote {json_path}")
         return 0
 
     return run_cli(parser, run, argv)

@@ -86,7 +86,8 @@ def check_resumable(run: str, cfg: RunConfig, identity: str, space_text: str) ->
     """The existing run.json when ``run`` holds this same search; an error for another one."""
     path = storage.join(run, "run.json")
     if not storage.exists(path):
-        if storage.list_names(run):
+        # `python -m distforget.unlearn` may have written its records in the same folder.
+        if set(storage.list_names(run)) - {"unlearn.json", "unlearn"}:
             raise ConfigError(f"output folder {run!r} is not empty and holds no distforget "
                               "search: choose another output.name or output.storage")
         return None
