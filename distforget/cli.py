@@ -38,6 +38,8 @@ def run_cli(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace],
     """Parse ``argv`` and call ``run``; input errors become one line on stderr and status 2."""
     args = parser.parse_args(argv)
     try:
+        from distforget.threads import set_torch_threads
+        set_torch_threads()  # the CPUs this process may run on, not every core of the machine
         return int(run(args) or 0)
     except DistforgetError as exc:
         if getattr(args, "debug", False):

@@ -144,8 +144,12 @@ def pretrain_clip(data: ImageTable, rows: np.ndarray, *, name: str, cfg: Pretrai
             with torch.no_grad():  # as in CLIP: the temperature stays at most 100
                 model.logit_scale.clamp_(0, math.log(100))
             step += 1
-        log(f"pretrain epoch {epoch + 1}/{cfg.epochs}: loss {loss.item():.3f} "
-            f"({time.perf_counter() - start:.0f}s)")
+        elapsed = time.perf_counter() - start
+        seen = step * cfg.batch_size
+        log(f"pretrain epoch {epoch + 1}/{cfg.epochs}: loss {loss.item():.3f}, "
+            f"{seen / elapsed:.0f} images/s, {elapsed:.0f}s elapsed, about "
+            f"{elapsed / (epoch + 1) * (cfg.epochs - epoch - 1):.0f}s left "
+            f"({torch.get_num_threads()} threads)")
     return model.eval()
 
 

@@ -23,6 +23,7 @@ from distforget.pareto import OBJECTIVES
 from distforget.results import append_results, rows_from_record
 from distforget.search_space import SearchSpace
 from distforget.study import add_sweep_points, objective_values
+from distforget.threads import set_torch_threads
 from distforget.trial import StageCache, run_trial
 
 
@@ -38,6 +39,7 @@ def read_trial_record(run: str, trial_id: str) -> dict | None:
 def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
     """One Tune trial (see the module docstring)."""
     trial_id = ray.tune.get_context().get_trial_id()
+    set_torch_threads(from_dict(shared["config"]).resources.trial_cpus)
     prepared_ref = shared["prepared"][0]
     prepared = ray.get(prepared_ref)
     base = from_dict(shared["config"])
