@@ -20,7 +20,9 @@ import yaml
 
 from distforget.errors import ConfigError
 
-METHODS = ("three_stage", "ft", "ga", "rl", "neggrad", "salun", "base")
+# retrain: the small CLIP pretrained again without the forget subgroup (the reference that
+# unlearning approximates; only for model.pretrained: embedded).
+METHODS = ("three_stage", "ft", "ga", "rl", "neggrad", "salun", "base", "retrain")
 BASELINES = ("ft", "ga", "rl", "neggrad", "salun")
 
 
@@ -254,7 +256,8 @@ class OutputConfig:
 class RunConfig:
     """Everything one run (a single trial or a search) needs; saved beside every result."""
 
-    method: Literal["three_stage", "ft", "ga", "rl", "neggrad", "salun", "base"] = "three_stage"
+    method: Literal["three_stage", "ft", "ga", "rl", "neggrad", "salun", "base",
+                    "retrain"] = "three_stage"
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     data: DataConfig = field(default_factory=DataConfig)

@@ -182,16 +182,26 @@ def cache_key(model: ModelConfig, cfg: PretrainConfig, data: ImageTable, rows: n
 
 def ensure_pretrained(model: ModelConfig, cfg: PretrainConfig, data: ImageTable, templates,
                       device: torch.device, cache_dir: Path | None = None,
-                      log: Callable[[str], None] = print) -> Path:
-    """The cached pretrained weights for this data and these knobs, training them if absent."""
+                      log: Callable[[str], None] = print,
+                      exclude: np.ndarray | None = None) -> Path:
+    """The cached pretrained weights for this data and these knobs, training them if absent.
+
+    ``exclude``: a boolean mask of rows left out of the training images (the retrain reference
+    leaves out the forget subgroup); the held-out images stay as they are.
+    """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     train_rows, held_rows = split_rows(data)
+    left_out = 0
+    if exclude is not None:
+        left_out = int(np.asarray(exclude)[train_rows].sum())
+        train_rows = train_rows[~np.asarray(exclude)[train_rows]]
     key = cache_key(model, cfg, data, train_rows, templates)
     path = cache_dir / "models" / f"{model.name}-{key}.safetensors"
     if path.is_file():
         return path
     log(f"pretraining {model.name} on {len(train_rows)} images "
-        f"({cfg.epochs} epochs; cached at {path})")
+        + (f"({left_out} left out) " if exclude is not None else "")
+        + f"({cfg.epochs} epochs; cached at {path})")
     start = time.perf_counter()
     clip = pretrain_clip(data, train_rows, name=model.name, cfg=cfg, templates=templates,
                          device=device, log=log)
@@ -202,7 +212,8 @@ def ensure_pretrained(model: ModelConfig, cfg: PretrainConfig, data: ImageTable,
         f"held-out images: {acc:.3f}")
     state = {k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}
     info = {"model": model.name, "pretrain": cfg.__dict__, "train_images": int(len(train_rows)),
-            "heldout_images": int(len(held_rows)), "zeroshot_acc": acc, "wall_s": wall}
+            "heldout_images": int(len(held_rows)), "zeroshot_acc": acc, "wall_s": wall,
+            **({"excluded_images": left_out} if exclude is not None else {})}
     with atomic_path(path.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(info, indent=2))
     with atomic_path(path) as tmp:  # the weights last: their presence marks the cache entry

@@ -23,7 +23,19 @@ from distforget.errors import ConfigError
 from distforget.storage import atomic_path
 
 SHOWN = ("method", "forget_acc", "retain_acc", "zeroshot_acc", "forget_sim", "mia_auc",
-         "alpha", "wall_s")
+         "alpha", "gap_to_retrain", "wall_s")
+ALL = ("three_stage", *BASELINES, "base")  # what --method all runs
+
+
+def parse_methods(text: str) -> list[str]:
+    """``--method``: one method, ``all``, or a comma-separated list (``all,retrain``)."""
+    methods: list[str] = []
+    for name in (n.strip() for n in text.split(",")):
+        if name != "all" and name not in METHODS:
+            raise ConfigError(f"--method {name!r}: expected one of {', '.join(METHODS)} or all "
+                              "(several: comma-separated)")
+        methods += [m for m in (ALL if name == "all" else (name,)) if m not in methods]
+    return methods
 
 
 def output_paths(cfg: RunConfig, json_path: str | None, out: str | None
@@ -62,6 +74,9 @@ def unlearn(cfg: RunConfig, methods: list[str], *, device: torch.device, out_dir
     records = []
     for method in methods:
         run_cfg = replace(cfg, {"method": method})
+        if method == "retrain":
+            records.append(_retrain_record(prepared, run_cfg, device, out_dir, log))
+            continue
         result = run_trial(prepared, run_cfg, launch=local_launcher(prepared, cache, device),
                            cache=cache, evaluate=local_evaluator(prepared, cache, device,
                                                                   cfg.model.precision))
@@ -77,7 +92,31 @@ def unlearn(cfg: RunConfig, methods: list[str], *, device: torch.device, out_dir
         log(f"{method}: forget_acc {record['forget_acc']:.3f}  retain_acc "
             f"{record['retain_acc']:.3f}  zeroshot_acc {record['zeroshot_acc']:.3f}  "
             f"({record['wall_s']:.1f}s)")
+    reference = next((r for r in records if r["method"] == "retrain"), None)
+    if reference is not None:
+        from distforget.retrain import gap_to_retrain
+        for r in records:
+            r["gap_to_retrain"] = gap_to_retrain(r, reference)
     return records
+
+
+def _retrain_record(prepared, cfg: RunConfig, device: torch.device, out_dir: Path | None,
+                    log) -> dict:
+    from distforget.checkpoint import write_checkpoint
+    from distforget.model import ModelSpec
+    from distforget.retrain import retrain
+
+    state, record, weights = retrain(prepared, cfg, device=device, log=log)
+    if out_dir is not None:
+        spec = ModelSpec(**{**prepared.spec.__dict__, "weights": f"retrain:{Path(weights).name}"})
+        record["checkpoint"] = str(write_checkpoint(out_dir / "retrain", state, spec, {
+            "recipe": {"method": "retrain"}, "metrics": dict(record),
+            "config": cfg.to_dict()}))
+    log(f"retrain: forget_acc {record['forget_acc']:.3f}  retain_acc "
+        f"{record['retain_acc']:.3f}  zeroshot_acc {record['zeroshot_acc']:.3f}  "
+        f"({record['wall_s']:.1f}s; {record['retrain_excluded']} training images of the forget "
+        "subgroup left out)")
+    return record
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -87,7 +126,9 @@ def main(argv: list[str] | None = None) -> int:
                     "the metrics and checkpoints.")
     add_common_arguments(parser)
     parser.add_argument("--method", default="all",
-                        help=f"one of {', '.join(METHODS)}, or 'all' (default)")
+                        help=f"one of {', '.join(METHODS)}, or 'all' (default: the method, "
+                             "every baseline and the base model), or several, comma-separated "
+                             "(e.g. all,retrain)")
     parser.add_argument("--json", default=None, help="where the records go (default: "
                         "<output.storage>/<output.name>/unlearn.json)")
     parser.add_argument("--out", default=None,
@@ -96,12 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default=None, help="torch device (default: cuda if present)")
 
     def run(args) -> int:
-        if args.method != "all" and args.method not in METHODS:
-            raise ConfigError(f"--method {args.method!r}: expected one of "
-                              f"{', '.join(METHODS)} or all")
+        methods = parse_methods(args.method)
         cfg = config_from_args(args)
+        if "retrain" in methods:
+            from distforget.retrain import check_retrain
+            check_retrain(cfg)
         json_path, out_dir = output_paths(cfg, args.json, args.out)
-        methods = ["three_stage", *BASELINES, "base"] if args.method == "all" else [args.method]
         records = unlearn(cfg, methods, device=pick_device(args.device),
                           out_dir=out_dir)
         table = pd.DataFrame(records)

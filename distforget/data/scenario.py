@@ -198,18 +198,12 @@ def needs_embeddings(data: ImageTable, cfg: ScenarioConfig) -> bool:
     return cfg.subgroups == "kmeans" or (cfg.subgroups == "auto" and not has_column)
 
 
-def build_scenario(data: ImageTable, cfg: ScenarioConfig,
-                   embed: Callable[[np.ndarray], np.ndarray] | None = None) -> Scenario:
-    """Derive every split of the scenario; ``embed`` maps uint8 images to embeddings and is
-    needed only for the k-means subgroup rule."""
-    check_scenario(data, cfg)
+def _forget_class_subgroups(data: ImageTable, cfg: ScenarioConfig, train_pool: np.ndarray,
+                            embed: Callable[[np.ndarray], np.ndarray] | None
+                            ) -> tuple[np.ndarray, str]:
+    """Each row's subgroup within the forget class (None elsewhere) and the rule that gave it."""
     table = data.table
-    classes = data.classes
-    retain_classes = tuple(cfg.retain_classes) + _synset_classes(cfg, classes)
-    train_pool, eval_pool = _pools(data, cfg)
     is_class = (table["class_name"] == cfg.forget_class).to_numpy()
-
-    # Subgroups of the forget class.
     has_column = "subgroup" in table and table.loc[is_class, "subgroup"].notna().all()
     mode = cfg.subgroups if cfg.subgroups != "auto" else ("column" if has_column else "kmeans")
     subgroup = np.array([None] * len(table), dtype=object)
@@ -229,6 +223,32 @@ def build_scenario(data: ImageTable, cfg: ScenarioConfig,
         subgroup[rows] = kmeans_subgroups(emb, train_pool[rows], table["sha"].to_numpy()[rows],
                                           cfg.num_subgroups, cfg.seed)
         rule = f"kmeans(k={cfg.num_subgroups}, seed={cfg.seed}, base-model image embeddings)"
+    return subgroup, rule
+
+
+def forget_mask(data: ImageTable, cfg: ScenarioConfig,
+                embed: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Every image of the forget subgroup (or of the forget class when it has none), in every
+    split and uncapped by ``max_forget``: what a model retrained without it must not see."""
+    check_scenario(data, cfg)
+    train_pool, _ = _pools(data, cfg)
+    subgroup, _ = _forget_class_subgroups(data, cfg, train_pool, embed)
+    is_class = (data.table["class_name"] == cfg.forget_class).to_numpy()
+    return is_class if cfg.forget_subgroup is None else is_class & (subgroup == cfg.forget_subgroup)
+
+
+def build_scenario(data: ImageTable, cfg: ScenarioConfig,
+                   embed: Callable[[np.ndarray], np.ndarray] | None = None) -> Scenario:
+    """Derive every split of the scenario; ``embed`` maps uint8 images to embeddings and is
+    needed only for the k-means subgroup rule."""
+    check_scenario(data, cfg)
+    table = data.table
+    classes = data.classes
+    retain_classes = tuple(cfg.retain_classes) + _synset_classes(cfg, classes)
+    train_pool, eval_pool = _pools(data, cfg)
+    is_class = (table["class_name"] == cfg.forget_class).to_numpy()
+
+    subgroup, rule = _forget_class_subgroups(data, cfg, train_pool, embed)
     subgroups = tuple(sorted({s for s in subgroup[is_class] if s is not None}))
 
     if cfg.forget_subgroup is None:
