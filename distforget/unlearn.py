@@ -79,8 +79,13 @@ def unlearn(cfg: RunConfig, methods: list[str], *, device: torch.device, out_dir
             continue
         result = run_trial(prepared, run_cfg, launch=local_launcher(prepared, cache, device),
                            cache=cache, evaluate=local_evaluator(prepared, cache, device,
-                                                                  cfg.model.precision))
+                                                                  cfg.model.precision),
+                           diagnose=True)
         record = result.record()
+        if result.diagnostics:
+            record["diagnostics"] = result.diagnostics
+            for line in diagnostics_lines(result.diagnostics):
+                log(line)
         if out_dir is not None and method != "base":
             state = {**prepared.model().state_dict(),
                      **recipe_state(prepared.base_visual_state(), cache, result.recipe)}
@@ -98,6 +103,25 @@ def unlearn(cfg: RunConfig, methods: list[str], *, device: torch.device, out_dir
         for r in records:
             r["gap_to_retrain"] = gap_to_retrain(r, reference)
     return records
+
+
+def diagnostics_lines(d: dict) -> list[str]:
+    """The three-stage method stage by stage, as printed lines (held-out metrics)."""
+    def row(label: str, m: dict) -> str:
+        calib = (f"   calib F {m['calib_forget_acc']:.3f} R {m['calib_retain_acc']:.3f}"
+                 if "calib_forget_acc" in m else "")
+        return (f"  {label:<22} {m['forget_acc']:>7.3f} {m['retain_acc']:>7.3f} "
+                f"{m['zeroshot_acc']:>8.3f}{calib}")
+
+    lines = [f"  {'three_stage, by stage':<22} {'forget':>7} {'retain':>7} {'zeroshot':>8}",
+             row("after forget", d["after_forget"]), row("after remind", d["after_remind"])]
+    for s in d["soups"]:
+        mark = " <- chosen" if (s["alpha"], s["beta"]) == (d["alpha"], d["beta"]) else ""
+        label = f"soup alpha {s['alpha']:g}" + (f" beta {s['beta']:g}" if s["beta"] else "")
+        lines.append(row(label, s) + mark)
+    lines.append(f"  chosen: {d['why']}")
+    lines += [f"  note: {n}" for n in d["notes"]]
+    return lines
 
 
 def _retrain_record(prepared, cfg: RunConfig, device: torch.device, out_dir: Path | None,

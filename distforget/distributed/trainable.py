@@ -58,7 +58,8 @@ def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
                                 trial_id),
             cache=cache,
             evaluate=ray_evaluator(prepared_ref, cache, cfg.resources, cfg.model.precision),
-            sweep=shared.get("sweep", ()), log=lambda msg: print(f"[{trial_id}] {msg}"))
+            sweep=shared.get("sweep", ()), log=lambda msg: print(f"[{trial_id}] {msg}"),
+            diagnose=True)
     except Exception as exc:
         record.update(status="failed", error=f"{type(exc).__name__}: {exc}")
         storage.write_bytes(trial_record_path(run, trial_id),
@@ -66,7 +67,8 @@ def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
         raise
     record.update(result.record())
     record.update(recipe=result.recipe.to_dict(), stages=result.stages,
-                  sweep=[{"recipe": r.to_dict(), "metrics": m} for r, m in result.sweep])
+                  sweep=[{"recipe": r.to_dict(), "metrics": m} for r, m in result.sweep],
+                  diagnostics=result.diagnostics)
     text = json.dumps(record, default=float)
     storage.write_bytes(trial_record_path(run, trial_id), text.encode())
     ray.tune.report({**{k: record[k] for k in OBJECTIVES}, "record": text})
