@@ -82,3 +82,13 @@ def test_gap_prefers_test_values_when_both_records_have_them():
     assert gap_to_retrain(a, b) == pytest.approx(0.1)
     assert gap_to_retrain({k: a[k] for k in ("forget_acc", "retain_acc", "zeroshot_acc")},
                           b) == 0.0
+
+
+def test_method_lists():
+    from distforget.config import BASELINES
+    from distforget.unlearn import parse_methods
+
+    assert parse_methods("all,retrain") == ["three_stage", *BASELINES, "base", "retrain"]
+    assert parse_methods("retrain, ft,ft") == ["retrain", "ft"]
+    with pytest.raises(ConfigError, match="--method 'retrian'"):
+        parse_methods("three_stage,retrian")
