@@ -8,15 +8,35 @@ command and every Ray worker entry point therefore sets the pool from the CPUs i
 
 from __future__ import annotations
 
+import math
 import os
 
 
-def machine_cpus() -> int:
-    """The CPUs this process may run on (its affinity mask where the OS has one)."""
+CGROUP_CPU_MAX = "/sys/fs/cgroup/cpu.max"
+
+
+def cgroup_cpus(path: str = CGROUP_CPU_MAX) -> int | None:
+    """The container's CPU quota (cgroup v2 ``cpu.max``: "quota period", or "max"), rounded up;
+    None when there is none. A container limited to 2 CPUs on a 64-core host sees 64 in its
+    affinity mask."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        quota, period = open(path).read().split()[:2]
+    except (OSError, ValueError):
+        return None
+    if quota == "max":
+        return None
+    return max(1, math.ceil(int(quota) / int(period)))
+
+
+def machine_cpus() -> int:
+    """The CPUs this process may run on: its affinity mask where the OS has one (else the CPU
+    count), and no more than the container's CPU quota."""
+    try:
+        n = len(os.sched_getaffinity(0))
     except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+        n = os.cpu_count() or 1
+    quota = cgroup_cpus()
+    return max(1, min(n, quota) if quota else n)
 
 
 def thread_count(cpus: float | None = None) -> int:

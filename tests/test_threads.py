@@ -13,6 +13,7 @@ from distforget.cli import run_cli
 def four_cpus(monkeypatch):
     """A process allowed to run on 4 CPUs, without OMP_NUM_THREADS; torch's threads restored."""
     monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    monkeypatch.setattr(threads, "cgroup_cpus", lambda: None)
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     before = torch.get_num_threads()
     yield
@@ -32,7 +33,21 @@ def test_thread_count_follows_the_cpus_given(four_cpus, monkeypatch):
 def test_without_an_affinity_mask_the_cpu_count_is_used(monkeypatch):
     monkeypatch.delattr(threads.os, "sched_getaffinity", raising=False)
     monkeypatch.setattr(threads.os, "cpu_count", lambda: 6)
+    monkeypatch.setattr(threads, "cgroup_cpus", lambda: None)
     assert threads.machine_cpus() == 6
+
+
+def test_a_container_quota_caps_the_machine(monkeypatch, tmp_path):
+    cpu_max = tmp_path / "cpu.max"
+    for text, expected in (("max 100000\n", None), ("200000 100000\n", 2),
+                           ("150000 100000\n", 2), ("50000 100000\n", 1)):
+        cpu_max.write_text(text)
+        assert threads.cgroup_cpus(str(cpu_max)) == expected
+    assert threads.cgroup_cpus(str(tmp_path / "absent")) is None
+    monkeypatch.setattr(threads.os, "sched_getaffinity", lambda pid: set(range(64)),
+                        raising=False)
+    monkeypatch.setattr(threads, "cgroup_cpus", lambda: 2)
+    assert threads.machine_cpus() == 2
 
 
 def test_set_torch_threads_sets_the_pool(four_cpus):
