@@ -39,10 +39,10 @@ def read_trial_record(run: str, trial_id: str) -> dict | None:
 def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
     """One Tune trial (see the module docstring)."""
     trial_id = ray.tune.get_context().get_trial_id()
-    set_torch_threads(from_dict(shared["config"]).resources.trial_cpus)
+    base = from_dict(shared["config"])
+    set_torch_threads(base.resources.trial_cpus)
     prepared_ref = shared["prepared"][0]
     prepared = ray.get(prepared_ref)
-    base = from_dict(shared["config"])
     space: SearchSpace | None = shared.get("space")
     cfg = (space.trial_config(base, params) if space is not None
            else replace(base, {"method": params["method"]}))
