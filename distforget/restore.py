@@ -78,7 +78,8 @@ def explain_choice(cfg, alpha: float, beta: float, rows: Sequence[Mapping[str, f
     """Why the soup is at (alpha, beta), in words: the rule of ``choose_alpha`` applied to its
     calibration ``rows``, or the configured point (``cfg`` is a ``RestoreConfig``)."""
     if cfg.choose != "calibration" or not rows:
-        return f"restore.choose is {cfg.choose}: alpha {alpha:g}, beta {beta:g} as configured"
+        return (f"restore.choose is {cfg.choose}: alpha {alpha:g}, beta {beta:g} as set (by the "
+                "config, or proposed by the search)")
     ok = [r for r in rows if r["calib_forget_acc"] <= cfg.forget_target]
     chosen = next(r for r in rows if r["alpha"] == alpha)
     if ok:
