@@ -97,6 +97,8 @@ def run_cli(parser: argparse.ArgumentParser, run: Callable[[argparse.Namespace],
     """
     args = parser.parse_intermixed_args(argv)
     try:
+        from distforget.threads import set_torch_threads
+        set_torch_threads()  # the CPUs this process may run on, not every core of the machine
         return int(run(args) or 0)
     except DistforgetError as exc:
         if getattr(args, "debug", False):

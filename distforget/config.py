@@ -22,8 +22,10 @@ from distforget.errors import ConfigError
 from distforget.objectives import DEFAULT_TARGET, parse_rule, parse_target
 
 # Method names, declared once: the types check config values; the tuples serve everything else.
+# retrain: the small CLIP pretrained again without the forget subgroup (the reference that
+# unlearning approximates; only for model.pretrained: embedded).
 Baseline = Literal["ft", "ga", "rl", "neggrad", "salun"]
-Method = Literal["three_stage", "ft", "ga", "rl", "neggrad", "salun", "base"]
+Method = Literal["three_stage", "ft", "ga", "rl", "neggrad", "salun", "base", "retrain"]
 BASELINES: tuple[str, ...] = typing.get_args(Baseline)
 METHODS: tuple[str, ...] = typing.get_args(Method)
 

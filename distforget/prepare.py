@@ -152,7 +152,8 @@ def prepare(cfg: RunConfig, device: torch.device, *, cache_dir: Path | None = No
     base_metrics.update(evaluator.calibration(model.visual))
 
     synthetic, synthetic_teacher, synthetic_key = synthesize(
-        model.visual, prep, head, logit_scale, cfg.remind, cfg.model.precision)
+        model.visual, prep, head, logit_scale, cfg.remind, cfg.model.precision,
+        size=images.shape[1])
 
     base_state = state_to_numpy(model)
     head_np = head.float().cpu().numpy()

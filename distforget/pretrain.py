@@ -8,8 +8,8 @@ gives a small CLIP for any labelled image set, the CIFAR-10 Parquet copy include
 
     distforget pretrain --config configs/cifar10.yaml [data.path=../shared/data/cifar10]
 
-The result is cached under ``<cache>/models/`` keyed by the architecture, the pretraining knobs
-and the content hash of the training images, with a JSON sidecar that records the zero-shot
+The result is cached under ``<cache>/models/`` keyed by the architecture, the pretraining knobs,
+the stored image size and the content hash of the images and their labels, with a JSON sidecar that records the zero-shot
 accuracy on the held-out split.
 """
 
@@ -147,8 +147,12 @@ def pretrain_clip(data: ImageTable, rows: np.ndarray, *, name: str, cfg: Pretrai
             with torch.no_grad():  # as in CLIP: the temperature stays at most 100
                 model.logit_scale.clamp_(0, math.log(100))
             step += 1
-        log(f"pretrain epoch {epoch + 1}/{cfg.epochs}: loss {loss.item():.3f} "
-            f"({time.perf_counter() - start:.0f}s)")
+        elapsed = time.perf_counter() - start
+        seen = step * cfg.batch_size
+        log(f"pretrain epoch {epoch + 1}/{cfg.epochs}: loss {loss.item():.3f}, "
+            f"{seen / elapsed:.0f} images/s, {elapsed:.0f}s elapsed, about "
+            f"{elapsed / (epoch + 1) * (cfg.epochs - epoch - 1):.0f}s left "
+            f"({torch.get_num_threads()} threads)")
     return model.eval()
 
 
@@ -168,7 +172,11 @@ def zeroshot_accuracy(model, name: str, data: ImageTable, rows: np.ndarray, temp
 
 def cache_key(model: ModelConfig, cfg: PretrainConfig, data: ImageTable, rows: np.ndarray,
               templates) -> str:
-    h = hashlib.sha256(f"v{PRETRAIN_VERSION}|{model.name}|{cfg}|{tuple(templates)}".encode())
+    """Hash of every input that changes the weights: the architecture, the pretraining knobs,
+    the templates, the stored image size (``data.image_size``, or the generated size), the
+    data's fingerprint (every image's content and labels) and the training rows."""
+    h = hashlib.sha256(f"v{PRETRAIN_VERSION}|{model.name}|{cfg}|{tuple(templates)}|"
+                       f"{tuple(data.images.shape[1:])}|{data.fingerprint}".encode())
     table = data.table.iloc[rows]
     for sha, c, s in zip(table["sha"], table["class_name"], table["subgroup"]):
         h.update(f"{sha}:{c}:{s};".encode())
@@ -177,18 +185,28 @@ def cache_key(model: ModelConfig, cfg: PretrainConfig, data: ImageTable, rows: n
 
 def ensure_pretrained(model: ModelConfig, cfg: PretrainConfig, data: ImageTable, templates,
                       device: torch.device, cache_dir: Path | None = None,
-                      log: Callable[[str], None] = print, holdout_fraction: float = 0.25
+                      log: Callable[[str], None] = print,
+                      exclude: np.ndarray | None = None, holdout_fraction: float = 0.25
                       ) -> Path:
-    """The cached pretrained weights for this data and these knobs, training them if absent;
-    ``holdout_fraction`` is ``scenario.holdout_fraction`` (data without a split column)."""
+    """The cached pretrained weights for this data and these knobs, training them if absent.
+
+    ``exclude``: a boolean mask of rows left out of the training images (the retrain reference
+    leaves out the forget subgroup); the held-out images stay as they are.
+    ``holdout_fraction`` is ``scenario.holdout_fraction`` (data without a split column).
+    """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     train_rows, held_rows = split_rows(data, holdout_fraction)
+    left_out = 0
+    if exclude is not None:
+        left_out = int(np.asarray(exclude)[train_rows].sum())
+        train_rows = train_rows[~np.asarray(exclude)[train_rows]]
     key = cache_key(model, cfg, data, train_rows, templates)
     path = cache_dir / "models" / f"{model.name}-{key}.safetensors"
     if path.is_file():
         return path
     log(f"pretraining {model.name} on {len(train_rows)} images "
-        f"({cfg.epochs} epochs; cached at {path})")
+        + (f"({left_out} left out) " if exclude is not None else "")
+        + f"({cfg.epochs} epochs; cached at {path})")
     start = time.perf_counter()
     clip = pretrain_clip(data, train_rows, name=model.name, cfg=cfg, templates=templates,
                          device=device, log=log)
@@ -199,7 +217,8 @@ def ensure_pretrained(model: ModelConfig, cfg: PretrainConfig, data: ImageTable,
         f"held-out images: {acc:.3f}")
     state = {k: v.detach().cpu().contiguous() for k, v in clip.state_dict().items()}
     info = {"model": model.name, "pretrain": cfg.__dict__, "train_images": int(len(train_rows)),
-            "heldout_images": int(len(held_rows)), "zeroshot_acc": acc, "wall_s": wall}
+            "heldout_images": int(len(held_rows)), "zeroshot_acc": acc, "wall_s": wall,
+            **({"excluded_images": left_out} if exclude is not None else {})}
     with atomic_path(path.with_suffix(".json")) as tmp:
         tmp.write_text(json.dumps(info, indent=2))
     with atomic_path(path) as tmp:  # the weights last: their presence marks the cache entry

@@ -73,7 +73,7 @@ def distillation_set(prepared: Prepared, cfg: RemindConfig, device: torch.device
                       prepared.synthetic_teacher))
     elif count:  # knobs differ from the run's shared set: make this stage's own
         synth = bn_aligned_images(base, prep, count=count, steps=cfg.bn_align_steps,
-                                  seed=cfg.seed)
+                                  seed=cfg.seed, size=prepared.images.shape[1])
         parts.append((synth, np.full(count, -1), SYNTHETIC, base_logits(synth)))
     if cfg.forget_weight:
         f = prepared.split("forget_train")

@@ -72,3 +72,21 @@ def choose_alpha(evaluate: Callable[[float], Mapping[str, float]], grid: Sequenc
     else:
         best = min(rows, key=lambda r: (r["calib_forget_acc"], -r["calib_retain_acc"]))
     return best["alpha"], rows
+
+
+def explain_choice(cfg, alpha: float, beta: float, rows: Sequence[Mapping[str, float]]) -> str:
+    """Why the soup is at (alpha, beta), in words: the rule of ``choose_alpha`` applied to its
+    calibration ``rows``, or the configured point (``cfg`` is a ``RestoreConfig``)."""
+    if cfg.choose != "calibration" or not rows:
+        return (f"restore.choose is {cfg.choose}: alpha {alpha:g}, beta {beta:g} as set (by the "
+                "config, or proposed by the search)")
+    ok = [r for r in rows if r["calib_forget_acc"] <= cfg.forget_target]
+    chosen = next(r for r in rows if r["alpha"] == alpha)
+    if ok:
+        return (f"alpha {alpha:g}: the best calibration retain accuracy "
+                f"({chosen['calib_retain_acc']:.3f}) among the {len(ok)} of {len(rows)} grid "
+                f"alphas whose calibration forget accuracy is <= {cfg.forget_target:g} "
+                f"(this one: {chosen['calib_forget_acc']:.3f})")
+    return (f"alpha {alpha:g}: no grid alpha brings calibration forget accuracy to <= "
+            f"{cfg.forget_target:g}; this one has the lowest "
+            f"({chosen['calib_forget_acc']:.3f}, retain {chosen['calib_retain_acc']:.3f})")

@@ -163,7 +163,8 @@ class RunFolder:
         """The existing run.json when this folder holds this same search; None for a new or
         empty folder; a ``ConfigError`` naming what differs for another search."""
         if not storage.exists(self.path(self.RUN_INFO)):
-            if storage.list_names(self.root):
+            # `distforget unlearn` may have written its records in the same folder.
+            if set(storage.list_names(self.root)) - {"unlearn.json", "unlearn"}:
                 raise ConfigError(f"output folder {self.root!r} is not empty and holds no "
                                   "distforget search: choose another output.name or "
                                   "output.storage")

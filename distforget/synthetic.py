@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from distforget.config import RemindConfig
 from distforget.errors import ConfigError
@@ -31,18 +32,28 @@ def bn_align_count(cfg: RemindConfig, visual: torch.nn.Module) -> int:
 
 
 def bn_aligned_images(visual: torch.nn.Module, prep, *, count: int, steps: int, seed: int,
-                      lr: float = 0.1) -> np.ndarray:
+                      lr: float = 0.1, size: int | None = None) -> np.ndarray:
     """Synthetic uint8 images whose per-layer batch statistics match the stored BN statistics.
 
     Starts from seeded noise in normalised input space and minimises, over ``steps`` Adam steps,
     the squared distance between each BN layer's input mean/variance and its running mean/
-    variance (plus a small total-variation prior for smoothness).
+    variance (plus a small total-variation prior for smoothness). ``size`` is the side of the
+    returned images (default: the model's input size): the stored images' size, so that they
+    join the stored images in one array; they are resized to the model's input on the way in,
+    as the stored images are.
     """
     bns = batchnorm_layers(visual)
     visual.eval()
     device = prep.device
+    size = prep.size if size is None else int(size)
     gen = torch.Generator().manual_seed(seed)
-    x = torch.randn(count, 3, prep.size, prep.size, generator=gen).to(device).requires_grad_(True)
+    x = torch.randn(count, 3, size, size, generator=gen).to(device).requires_grad_(True)
+
+    def model_input(x: torch.Tensor) -> torch.Tensor:
+        if size == prep.size:
+            return x
+        return F.interpolate(x, size=(prep.size, prep.size), mode="bicubic",
+                             align_corners=False, antialias=size > prep.size)
     stats: list[torch.Tensor] = []
 
     def hook(module, inputs, _output):
@@ -61,7 +72,7 @@ def bn_aligned_images(visual: torch.nn.Module, prep, *, count: int, steps: int, 
     try:
         for _ in range(steps):
             stats.clear()
-            visual(x)
+            visual(model_input(x))
             tv = ((x[..., 1:, :] - x[..., :-1, :]).abs().mean()
                   + (x[..., 1:] - x[..., :-1]).abs().mean())
             loss = torch.stack(stats).sum() + 1e-3 * tv
@@ -80,13 +91,17 @@ def bn_aligned_images(visual: torch.nn.Module, prep, *, count: int, steps: int, 
 
 
 def synthesize(visual, prep, head: torch.Tensor, logit_scale: float, cfg: RemindConfig,
-               precision: str) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
-    """The remind stage's BN-aligned images and their teacher logits, made once per run."""
+               precision: str, size: int | None = None
+               ) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int]]:
+    """The remind stage's BN-aligned images and their teacher logits, made once per run at
+    ``size``, the stored images' size (default: the model's input size)."""
+    size = prep.size if size is None else int(size)
     count = bn_align_count(cfg, visual)
     key = (count, cfg.bn_align_steps, cfg.seed)
     if not count:
-        return (np.zeros((0, prep.size, prep.size, 3), np.uint8),
+        return (np.zeros((0, size, size, 3), np.uint8),
                 np.zeros((0, head.shape[0]), np.float32), key)
-    images = bn_aligned_images(visual, prep, count=count, steps=cfg.bn_align_steps, seed=cfg.seed)
+    images = bn_aligned_images(visual, prep, count=count, steps=cfg.bn_align_steps,
+                               seed=cfg.seed, size=size)
     return images, zero_shot_logits(visual, images, prep, head, logit_scale,
                                     precision=precision), key

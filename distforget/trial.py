@@ -207,6 +207,8 @@ class TrialResult:
     calibration: list[dict] = field(default_factory=list)
     sweep: list[tuple[Recipe, dict[str, float]]] = field(default_factory=list)
     wall_s: float = 0.0
+    # The three-stage method's metrics after each stage and for each soup (diagnose_soups).
+    diagnostics: dict[str, Any] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         """A flat record: every metric, the soup, stage cache use and timing."""
@@ -233,14 +235,18 @@ def trial_record(*, trial_id: str, source: str, method: str, params: dict[str, A
         record.update(result.record())
         record.update(recipe=result.recipe.to_dict(), stages=result.stages,
                       sweep=[{"recipe": r.to_dict(), "metrics": m} for r, m in result.sweep])
+        if result.diagnostics:
+            record["diagnostics"] = result.diagnostics
     return record
 
 
 def run_trial(prepared: Prepared, cfg: RunConfig, *, launch: Launch, cache: StageCache,
               evaluate: Evaluate, sweep: Sequence[tuple[float, float]] = (),
-              log: Callable[[str], None] | None = None) -> TrialResult:
+              log: Callable[[str], None] | None = None, diagnose: bool = False) -> TrialResult:
     """Run ``cfg.method`` on the prepared inputs; ``sweep`` lists extra (alpha, beta) soups to
-    measure as well (evaluations only, no training)."""
+    measure as well (evaluations only, no training). ``diagnose``: also measure the
+    three-stage method after forget, after remind and at every alpha of the calibration grid
+    (evaluations only; see ``diagnose_soups``)."""
     start = time.perf_counter()
     tasks: list[StageTask] = []
     upstream: str | None = None
@@ -285,11 +291,56 @@ def run_trial(prepared: Prepared, cfg: RunConfig, *, launch: Launch, cache: Stag
                                for a, b in sweep)
         points += [recipe.with_soup(a, b) for a, b in wanted if (a, b) != (recipe.alpha,
                                                                         recipe.beta)]
-    measured = evaluate(points, "val")
+    extra: list[Recipe] = []
+    if diagnose and cfg.method == "three_stage":
+        seen = {(p.alpha, p.beta) for p in points}
+        for a, b in [(1.0, 1.0), (1.0, 0.0)] + [(c["alpha"], recipe.beta) for c in calibration]:
+            if (a, b) not in seen:
+                seen.add((a, b))
+                extra.append(recipe.with_soup(a, b))
+    measured = evaluate(points + extra, "val")
+    diagnostics = (diagnose_soups(cfg, recipe, calibration, points + extra, measured)
+                   if diagnose and cfg.method == "three_stage" else {})
+    measured = measured[:len(points)]
     base = {f"base_{k}": prepared.base_metrics[k] for k in METRICS}
     chosen = next((c for c in calibration if c["alpha"] == recipe.alpha), {})
     metrics = {**measured[0], **base,
                **{k: v for k, v in chosen.items() if k.startswith("calib_")}}
     return TrialResult(metrics=metrics, recipe=recipe, stages=stages, calibration=calibration,
                        sweep=[(p, {**m, **base}) for p, m in zip(points[1:], measured[1:])],
-                       wall_s=time.perf_counter() - start)
+                       wall_s=time.perf_counter() - start, diagnostics=diagnostics)
+
+
+def diagnose_soups(cfg: RunConfig, recipe: Recipe, calibration: list[dict],
+                   points: Sequence[Recipe], measured: Sequence[dict]) -> dict[str, Any]:
+    """The three-stage method stage by stage: held-out metrics after forget (the soup at
+    alpha 1, beta 1), after remind (alpha 1, beta 0) and at every measured soup (with its
+    calibration row when the grid was used), the chosen point and why, and plain notes on
+    which stage fell short of the forget target."""
+    from distforget.restore import explain_choice
+
+    by_point = {(p.alpha, p.beta): m for p, m in zip(points, measured)}
+    calib = {c["alpha"]: c for c in calibration}
+    soups = [{"alpha": a, "beta": b, **by_point[(a, b)],
+              **({k: v for k, v in calib[a].items() if k != "alpha"}
+                 if b == recipe.beta and a in calib else {})}
+             for a, b in sorted(by_point) if (a, b) != (1.0, 1.0) or b == recipe.beta]
+    after_forget, after_remind = by_point[(1.0, 1.0)], by_point[(1.0, 0.0)]
+    target = cfg.restore.forget_target
+    notes = []
+    if after_forget["forget_acc"] > target:
+        notes.append(f"the forget stage left forget_acc at {after_forget['forget_acc']:.3f} "
+                     f"(> {target}): it did not forget; raise forget.lr, forget.epochs or "
+                     "forget.top_k")
+    elif after_remind["forget_acc"] > target:
+        notes.append(f"the remind stage brought forget_acc back to "
+                     f"{after_remind['forget_acc']:.3f} (> {target}): training on the retained "
+                     "images restored the forget subgroup; remind.forget_weight > 0 (with "
+                     "remind.forget_loss: distill) keeps it away")
+    if recipe.alpha == 0.0:
+        notes.append("the chosen soup is the base model (alpha 0): none of the stages' change "
+                     "is kept")
+    return {"after_forget": after_forget, "after_remind": after_remind, "soups": soups,
+            "alpha": recipe.alpha, "beta": recipe.beta,
+            "why": explain_choice(cfg.restore, recipe.alpha, recipe.beta, calibration),
+            "notes": notes}

@@ -267,6 +267,17 @@ def assign_subgroups(data: ImageTable, cfg: ScenarioConfig, train_pool: np.ndarr
     return subgroup, f"kmeans(k={cfg.num_subgroups}, seed={cfg.seed}, base-model image embeddings)"
 
 
+def forget_mask(data: ImageTable, cfg: ScenarioConfig,
+                embed: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Every image of the forget subgroup (or of the forget class when it has none), in every
+    split and uncapped by ``max_forget``: what a model retrained without it must not see."""
+    check_scenario(data, cfg)
+    train_pool, _ = _pools(data, cfg)
+    subgroup, _ = assign_subgroups(data, cfg, train_pool, embed)
+    is_class = (data.table["class_name"] == cfg.forget_class).to_numpy()
+    return is_class if cfg.forget_subgroup is None else is_class & (subgroup == cfg.forget_subgroup)
+
+
 def build_scenario(data: ImageTable, cfg: ScenarioConfig,
                    embed: Callable[[np.ndarray], np.ndarray] | None = None) -> Scenario:
     """Derive every split of the scenario; ``embed`` maps uint8 images to embeddings and is

@@ -31,6 +31,7 @@ from distforget import storage
 from distforget.config import ResourcesConfig, RunConfig as DistforgetConfig, from_dict
 from distforget.errors import DistforgetError
 from distforget.prepare import Prepared
+from distforget.threads import set_torch_threads
 from distforget.training import Parallel, StageHooks, StageOutput
 from distforget.trial import (UPSTREAM, Evaluate, Launch, Recipe, StageCache, StageTask,
                               evaluate_recipes, run_stage)
@@ -40,8 +41,9 @@ SNAPSHOT = "snapshot.pt"
 
 def _stages_worker(config: dict) -> None:
     """One rank of a trial's stages (runs inside a Ray Train worker)."""
-    prepared: Prepared = ray.get(config["prepared"][0])
     cfg = from_dict(config["cfg"])
+    set_torch_threads(cfg.resources.cpus_per_worker)
+    prepared: Prepared = ray.get(config["prepared"][0])
     cache = StageCache(config["cache_root"])
     device = ray.train.torch.get_device()
     parallel = Parallel.current()
@@ -117,6 +119,7 @@ def ray_launcher(prepared_ref: ray.ObjectRef, cache: StageCache, resources: Reso
 @ray.remote
 def _evaluate_task(prepared: Prepared, cache_root: str, recipes: list[dict], which: str,
                    precision: str) -> list[dict]:
+    set_torch_threads(ray.get_runtime_context().get_assigned_resources().get("CPU"))
     device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
     return evaluate_recipes(prepared, StageCache(cache_root),
                             [Recipe.from_dict(r) for r in recipes], which, device, precision)
@@ -141,6 +144,7 @@ def ray_evaluator(prepared_ref: ray.ObjectRef, cache: StageCache, resources: Res
 def _prepare_task(cfg: dict) -> Prepared:
     from distforget.prepare import prepare
 
+    set_torch_threads(from_dict(cfg).resources.cpus_per_worker)
     device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
     return prepare(from_dict(cfg), device)
 

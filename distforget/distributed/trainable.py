@@ -23,6 +23,7 @@ from distforget.results import rows_from_record
 from distforget.run_folder import RunFolder
 from distforget.search_space import SearchSpace
 from distforget.study import add_sweep_points, set_constraints
+from distforget.threads import set_torch_threads
 from distforget.trial import StageCache, run_trial, trial_record
 
 
@@ -31,9 +32,10 @@ def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     # A confirmation run's values arrive as one dict (Tune grid-searches over whole dicts).
     params = params.get("confirm", params)
+    base = from_dict(shared["config"])
+    set_torch_threads(base.resources.trial_cpus)
     prepared_ref = shared["prepared"][0]
     prepared = ray.get(prepared_ref)
-    base = from_dict(shared["config"])
     space: SearchSpace | None = shared.get("space")
     # Search and confirmation trials: the space's fixed values, then these; baselines: the
     # method named (and any other dotted overrides) on the base config.
@@ -48,7 +50,8 @@ def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
             launch=ray_launcher(prepared_ref, cache, cfg.resources, folder.train, trial_id),
             cache=cache,
             evaluate=ray_evaluator(prepared_ref, cache, cfg.resources, cfg.model.precision),
-            sweep=shared.get("sweep", ()), log=lambda msg: print(f"[{trial_id}] {msg}"))
+            sweep=shared.get("sweep", ()), log=lambda msg: print(f"[{trial_id}] {msg}"),
+            diagnose=True)
     except Exception as exc:
         folder.write_trial_record(trial_record(**ident, error=f"{type(exc).__name__}: {exc}"))
         raise

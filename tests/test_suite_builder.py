@@ -1,0 +1,64 @@
+"""bench/suite.py's reading of finished runs: values, target, gap, tables, RESULTS.md section."""
+
+import pytest
+
+from bench.suite import (BEGIN, END, SCENARIOS, meets_target, scenario_rows, seed_rows, value,
+                         write_section)
+from distforget.config import read_yaml
+
+BASE = {"base_forget_acc": 0.9, "base_retain_acc": 0.8, "base_zeroshot_acc": 0.9}
+
+
+def run(seed, f, r, z, retrain=None, **extra):
+    return {"scenario": "embedded", "seed": seed, "status": "ok", "wall_s": 60.0,
+            "metrics": {"forget_acc": f, "retain_acc": r, "zeroshot_acc": z, **BASE, **extra},
+            **({"retrain": retrain} if retrain else {})}
+
+
+def test_suite_configs_set_only_the_allowed_sections():
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "configs" / "suite"
+    assert {p.stem for p in root.glob("*.yaml")} == set(SCENARIOS)
+    for path in root.glob("*.yaml"):
+        assert set(read_yaml(path)) <= {"data", "scenario", "model", "pretrain", "output"}, path
+
+
+def test_test_values_win_over_validation_values():
+    m = {"forget_acc": 0.0, "test_forget_acc": 0.1, "test_forget_acc_lo": 0.05,
+         "test_forget_acc_hi": 0.2}
+    assert value(m, "forget_acc") == (0.1, 0.05, 0.2, True)
+    assert value({"forget_acc": 0.0}, "forget_acc") == (0.0, None, None, False)
+
+
+@pytest.mark.parametrize("f, r, z, ok", [
+    (0.05, 0.72, 0.855, True),     # every bound exactly met
+    (0.051, 0.72, 0.855, False),   # forget
+    (0.0, 0.71, 0.9, False),       # retain < 0.9 x 0.8
+    (0.0, 0.8, 0.85, False),       # zero-shot < 0.95 x 0.9
+])
+def test_the_target(f, r, z, ok):
+    assert meets_target({"forget_acc": f, "retain_acc": r, "zeroshot_acc": z, **BASE}) is ok
+
+
+def test_tables_over_seeds():
+    ref = {"forget_acc": 0.0, "retain_acc": 0.8, "zeroshot_acc": 0.9}
+    runs = [run(0, 0.0, 0.8, 0.9, retrain=ref), run(1, 0.3, 0.8, 0.9, retrain=ref),
+            {"scenario": "embedded", "seed": 2, "status": "search failed", "wall_s": 30.0}]
+    seeds = seed_rows(runs)
+    assert list(seeds["target"].iloc[:2]) == ["yes", "no"]
+    assert seeds["gap_to_retrain"].iloc[1] == pytest.approx(0.1)
+    (row,) = scenario_rows(runs).to_dict("records")
+    assert row["target met"] == "1/3" and row["seeds"] == 3
+    assert row["forget_acc"] == "0.150 (0.000-0.300)"
+    assert row["gap to retrain"] == "0.050" and row["wall per seed"] == "0.8 min"
+
+
+def test_the_section_is_replaced_in_place(tmp_path):
+    path = tmp_path / "RESULTS.md"
+    path.write_text("# results\n\n## 1. other\n\nkept\n")
+    write_section(path, "first table")
+    write_section(path, "second table")
+    text = path.read_text()
+    assert text.count(BEGIN) == 1 and "second table" in text and "first table" not in text
+    assert text.startswith("# results\n\n## 1. other\n\nkept\n") and text.rstrip().endswith(END)
