@@ -39,6 +39,10 @@ TINY = {
     "restore.grid": [0.0, 0.5, 1.0],
 }
 
+# TINY with a CLIP that recognises the forget subgroup (base validation forget_acc 1.0 instead of
+# TINY's 0.0 after two epochs): a search refuses a base model with nothing to forget.
+SEARCHABLE = {**TINY, "pretrain.epochs": 10}
+
 
 def cifar_frame(split: str, per_class: int, classes=None, seed: int = 0) -> pd.DataFrame:
     """``per_class`` rows of each CIFAR-10 class from the shared copy (JPEG bytes)."""

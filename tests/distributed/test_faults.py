@@ -22,7 +22,7 @@ import torch
 
 from distforget.config import ResourcesConfig, load_config, replace
 from distforget.trial import StageCache, StageTask, stage_key
-from tests.factories import TINY
+from tests.factories import SEARCHABLE
 
 pytestmark = pytest.mark.ray  # every test here starts or joins Ray
 
@@ -197,7 +197,7 @@ params:
   remind.bn_align_images: {type: categorical, choices: [0, 8]}
   restore.alpha: {type: float, low: 0.0, high: 1.0}
 """
-FAULTY_SEARCH = {**TINY, "model.name": "DF-ViT-Tiny-32", "remind.bn_align_images": None,
+FAULTY_SEARCH = {**SEARCHABLE, "model.name": "DF-ViT-Tiny-32", "remind.bn_align_images": None,
                  "forget.epochs": 1, "remind.epochs": 1, "search.num_trials": 4,
                  "search.sampler": "random", "search.seed": 3, "search.baselines": [],
                  "search.confirm_seeds": 0, "resources.max_failures": 0,

@@ -27,14 +27,14 @@ import pytest
 import ray  # noqa: F401  (puts Ray's vendored psutil on sys.path when psutil is not installed)
 import psutil  # noqa: E402
 
-from tests.factories import TINY
+from tests.factories import SEARCHABLE
 
 pytestmark = pytest.mark.ray  # every test here starts or joins Ray
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 RAY = str(BIN / "ray")
-JOB = {**TINY, "search.num_trials": 2, "search.baselines": [], "search.sampler": "random",
+JOB = {**SEARCHABLE, "search.num_trials": 2, "search.baselines": [], "search.sampler": "random",
        "search.confirm_seeds": 0,
        "forget.epochs": 1, "remind.epochs": 1}
 

@@ -13,11 +13,11 @@ import pytest
 
 
 from distforget.config import load_config
-from tests.factories import TINY
+from tests.factories import SEARCHABLE
 
 pytestmark = pytest.mark.ray  # every test here starts or joins Ray
 
-SEARCH = {**TINY, "search.num_trials": 3, "search.sampler": "random",
+SEARCH = {**SEARCHABLE, "search.num_trials": 3, "search.sampler": "random",
           "search.confirm_seeds": 1, "forget.epochs": 1, "remind.epochs": 1}
 
 
@@ -101,21 +101,21 @@ def test_a_search_leaves_every_output(finished_run):
                                       "zeroshot_acc>=0.95*base"} for t in complete)
 
 
-def test_export_round_trip_through_open_clip_reproduces_the_metrics(finished_run, tiny_prepared,
-                                                                    tmp_path, cpu):
+def test_export_round_trip_through_open_clip_reproduces_the_metrics(finished_run, tmp_path, cpu):
     from distforget.export import main as export_main
+    from distforget.prepare import prepare
 
     cfg, summary = finished_run
     run = summary["run"]
-    assert json.load(open(os.path.join(run, "run.json")))["fingerprint"] == \
-        tiny_prepared.fingerprint
+    prepared = prepare(cfg, cpu, log=lambda msg: None)  # the pretrained CLIP is cached
+    assert json.load(open(os.path.join(run, "run.json")))["fingerprint"] == prepared.fingerprint
     results = pd.read_parquet(os.path.join(run, "results.parquet"))
     row = results[results["source"] == "trial"].iloc[0]
     assert export_main(["--run", run, "--trial", row["trial_id"], "--out",
                         str(tmp_path / "exp")]) == 0
     model, _, preprocess = open_clip.create_model_and_transforms(
         "DF-RN-Tiny-32", pretrained=str(tmp_path / "exp" / "model.safetensors"))
-    metrics = tiny_prepared.evaluator(cpu).metrics(model.visual.eval())
+    metrics = prepared.evaluator(cpu).metrics(model.visual.eval())
     for k in ("forget_acc", "retain_acc", "zeroshot_acc", "forget_sim", "mia_auc"):
         assert metrics[k] == pytest.approx(row[k], abs=1e-6), k
     record = json.load(open(tmp_path / "exp" / "distforget.json"))
