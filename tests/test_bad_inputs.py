@@ -342,7 +342,8 @@ def test_the_valid_manifest_these_cases_break_is_accepted(tmp_path, frames):
     manifest = write_manifest(tmp_path / "m", frames)
     work = tmp_path / "work"
     work.mkdir()
-    proc = cli("unlearn", ["--method", "base", "--out", "", *manifest_args(manifest)], cwd=work)
+    proc = cli("unlearn", ["--method", "base", "--out", "", "--json", "unlearn.json",
+                           *manifest_args(manifest)], cwd=work)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     record, = json.loads((work / "unlearn.json").read_text())
     assert record["method"] == "base" and 0 <= record["forget_acc"] <= 1
