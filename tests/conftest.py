@@ -51,10 +51,11 @@ def tiny_prepared(tiny_cfg, cpu):
 
 @pytest.fixture(scope="session")
 def cifar_manifest(tmp_path_factory) -> Path:
-    """A small Parquet manifest of real CIFAR-10 images: 40 train + 12 test per class."""
+    """A small Parquet manifest of real CIFAR-10 images: 40 train + 40 test per class (enough
+    held-out images of a k-means subgroup for 5 validation and 5 test images)."""
     folder = tmp_path_factory.mktemp("cifar-manifest")
     train = cifar_frame("train", 40).assign(split="train")
-    test = cifar_frame("test", 12).assign(split="test")
+    test = cifar_frame("test", 40).assign(split="test")
     path = folder / "cifar_small.parquet"
     pd.concat([train, test], ignore_index=True)[["image", "class_name", "split", "path"]] \
         .to_parquet(path, index=False)

@@ -15,7 +15,7 @@ from tests.factories import cifar_frame, write_image_folder
 def test_parquet_manifest_reads_real_cifar_images(cifar_manifest, cache_dir):
     data = load_data(DataConfig(format="parquet", path=str(cifar_manifest)), cache_dir)
     table = data.table
-    assert data.images.shape == (520, 32, 32, 3) and data.images.dtype == np.uint8
+    assert data.images.shape == (800, 32, 32, 3) and data.images.dtype == np.uint8
     assert set(table["split"]) == {"train", "test"}
     assert data.classes == ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog",
                             "horse", "ship", "truck")
@@ -117,7 +117,7 @@ def test_generated_data_is_deterministic_and_labelled(cache_dir):
 def test_class_filter(cifar_manifest, cache_dir):
     data = load_data(DataConfig(format="parquet", path=str(cifar_manifest),
                                 classes=("cat", "dog")), cache_dir)
-    assert data.classes == ("cat", "dog") and len(data.images) == len(data.table) == 104
+    assert data.classes == ("cat", "dog") and len(data.images) == len(data.table) == 160
     with pytest.raises(DataError, match="data.classes names 'kat'"):
         load_data(DataConfig(format="parquet", path=str(cifar_manifest), classes=("kat",)),
                   cache_dir)
