@@ -169,12 +169,13 @@ class RemindConfig:
     ema_decay: float | None = knob(0.9, gt=0, lt=1)
     # Which layers the remind stage trains: those the forget stage chose, or the whole tower.
     layers: Literal["forget", "all"] = "forget"
-    # Weight of a forget term on the forget images during remind (0: the paper's remind stage,
-    # which sees retained images only).
-    forget_weight: float = knob(0.0, ge=0)
+    # Weight of a forget term on the forget images during remind. On by default: the paper's
+    # remind stage (0, configs/presets/paper.yaml), which sees retained images only, gives a
+    # forget subgroup that shares its class text with the retained ones its class back.
+    forget_weight: float = knob(10.0, ge=0)
     # The forget term: one of the forget stage's losses (with forget_margin as its margin), or
     # distill: distillation towards the base model's logits with the forget class taken out.
-    forget_loss: Literal["similarity", "margin", "ce_away", "distill"] = "margin"
+    forget_loss: Literal["similarity", "margin", "ce_away", "distill"] = "distill"
     forget_margin: float = knob(0.05, ge=0)
     # Synthetic images whose batch statistics match the stored BatchNorm statistics, added to the
     # distillation set (BatchNorm backbones such as RN50 only); 0 disables it, null means 256

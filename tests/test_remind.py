@@ -37,7 +37,7 @@ def test_stored_teacher_outputs_drive_the_distillation(tiny_prepared, forgotten,
     fake[:, target] = 20.0
     swapped = dataclasses.replace(p, teacher_logits=fake)
     cfg = RemindConfig(epochs=2, lr=5e-3, lambda_kd=50.0, layers="all", bn_align_images=0,
-                       ema_decay=None)
+                       ema_decay=None, forget_weight=0.0)
     honest = run_remind(p, cfg, forgotten, device=cpu)
     misled = run_remind(swapped, cfg, forgotten, device=cpu)
 
@@ -134,7 +134,8 @@ def test_forget_term_keeps_the_forget_subgroup_away(tiny_prepared, forgotten, cp
     one (either loss) it does not, and the history reports their training accuracy."""
     knobs = dict(epochs=3, lr=3e-3, layers="all", bn_align_images=0, ema_decay=None,
                  forget_loss=loss)
-    plain = run_remind(tiny_prepared, RemindConfig(**knobs), forgotten, device=cpu)
+    plain = run_remind(tiny_prepared, RemindConfig(forget_weight=0.0, **knobs), forgotten,
+                       device=cpu)
     away = run_remind(tiny_prepared, RemindConfig(forget_weight=10.0, **knobs), forgotten,
                       device=cpu)
     plain_acc, _ = _forget_acc(tiny_prepared, plain, cpu)
