@@ -345,5 +345,6 @@ def test_the_valid_manifest_these_cases_break_is_accepted(tmp_path, frames):
     work.mkdir()
     proc = cli("unlearn", ["--method", "base", "--out", "", *manifest_args(manifest)], cwd=work)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
-    record, = json.loads((work / "unlearn.json").read_text())
+    record, = json.loads((work / "distforget_runs" / "embedded-default" / "unlearn.json")
+                         .read_text())
     assert record["method"] == "base" and 0 <= record["forget_acc"] <= 1
