@@ -133,9 +133,9 @@ def load_space(space: str, base: RunConfig | None = None) -> SearchSpace:
         raise ConfigError(f"search space {str(path)!r}: unknown key {unknown[0]!r}: expected "
                           f"{', '.join(SPACE_KEYS)}")
     method = data.get("method", "three_stage")
-    if method not in METHODS:
+    if method not in METHODS or method == "retrain":  # a reference with nothing to search
         raise ConfigError(f"search space {str(path)!r}: method {method!r} is not one of "
-                          f"{', '.join(METHODS)}")
+                          f"{', '.join(m for m in METHODS if m != 'retrain')}")
     fixed = data.get("fixed") or {}
     params_spec = data.get("params") or {}
     if not isinstance(fixed, dict) or not isinstance(params_spec, dict):

@@ -18,7 +18,7 @@ def test_bad_input_is_one_line_and_status_2(tmp_path):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "is not valid YAML at line" in lines[0]
-    assert not (tmp_path / "unlearn.json").exists()
+    assert not (tmp_path / "unlearn.json").exists() and not (tmp_path / "distforget_runs").exists()
 
 
 def test_debug_shows_the_traceback(tmp_path):

@@ -93,3 +93,13 @@ def test_method_lists():
     assert parse_methods("retrain, ft,ft") == ["retrain", "ft"]
     with pytest.raises(ConfigError, match="--method 'retrian'"):
         parse_methods("three_stage,retrian")
+
+
+def test_a_search_space_cannot_search_retrain(tmp_path):
+    from distforget.search_space import load_space
+
+    space = tmp_path / "space.yaml"
+    space.write_text("method: retrain\nparams:\n  pretrain.lr: {type: float, low: 1.0e-4, "
+                     "high: 1.0e-3}\n")
+    with pytest.raises(ConfigError, match="method 'retrain' is not one of"):
+        load_space(str(space))

@@ -66,4 +66,4 @@ def test_a_cifar10_scenario_runs_end_to_end(tmp_path, cifar_manifest):
 def test_unknown_method_is_refused_before_any_work(tmp_path):
     proc = run(["--method", "gradient_descent"], tmp_path)
     assert proc.returncode == 2 and "--method 'gradient_descent'" in proc.stderr
-    assert not (tmp_path / "unlearn.json").exists()
+    assert not (tmp_path / "unlearn.json").exists() and not (tmp_path / "distforget_runs").exists()
