@@ -333,10 +333,13 @@ def diagnose_soups(cfg: RunConfig, recipe: Recipe, calibration: list[dict],
                      f"(> {target}): it did not forget; raise forget.lr, forget.epochs or "
                      "forget.top_k")
     elif after_remind["forget_acc"] > target:
+        fix = ("remind.forget_weight > 0 (with remind.forget_loss: distill) keeps it away"
+               if not cfg.remind.forget_weight else
+               f"remind.forget_weight {cfg.remind.forget_weight:g} ({cfg.remind.forget_loss}) "
+               "did not keep it away: raise it, or lower remind.lr or remind.epochs")
         notes.append(f"the remind stage brought forget_acc back to "
                      f"{after_remind['forget_acc']:.3f} (> {target}): training on the retained "
-                     "images restored the forget subgroup; remind.forget_weight > 0 (with "
-                     "remind.forget_loss: distill) keeps it away")
+                     f"images restored the forget subgroup; {fix}")
     if recipe.alpha == 0.0:
         notes.append("the chosen soup is the base model (alpha 0): none of the stages' change "
                      "is kept")

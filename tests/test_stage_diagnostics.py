@@ -79,3 +79,22 @@ def test_unlearn_prints_and_stores_the_diagnostics(tmp_path, monkeypatch, capsys
     d = record["diagnostics"]
     assert d["alpha"] == record["alpha"] and len(d["soups"]) == len(TINY["restore.grid"])
     assert set(d) == {"after_forget", "after_remind", "soups", "alpha", "beta", "why", "notes"}
+
+
+def test_the_notes_name_the_stage_that_fell_short(tiny_cfg):
+    from distforget.trial import Recipe, diagnose_soups
+
+    forgot = {"forget_acc": 0.0, "retain_acc": 0.5, "zeroshot_acc": 0.5}
+    restored = {"forget_acc": 0.9, "retain_acc": 0.9, "zeroshot_acc": 0.9}
+    points = [Recipe("three_stage", (), 1.0, 1.0), Recipe("three_stage", (), 1.0, 0.0),
+              Recipe("three_stage", (), 0.0, 0.0)]
+    measured = [forgot, restored, {**restored, "forget_acc": 0.95}]
+    cfg = replace(tiny_cfg, {"restore.choose": "fixed", "restore.alpha": 0.0})
+    d = diagnose_soups(cfg, points[2], [], points, measured)
+    assert "remind stage brought forget_acc back to 0.900" in d["notes"][0]
+    assert "remind.forget_weight > 0" in d["notes"][0] and "base model" in d["notes"][1]
+    d = diagnose_soups(replace(cfg, {"remind.forget_weight": 10.0}), points[2], [], points,
+                       measured)
+    assert "remind.forget_weight 10 (margin) did not keep it away" in d["notes"][0]
+    d = diagnose_soups(cfg, points[2], [], points, [restored, restored, restored])
+    assert "the forget stage left forget_acc at 0.900" in d["notes"][0]
