@@ -89,11 +89,14 @@ def test_the_notes_name_the_stage_that_fell_short(tiny_cfg):
     points = [Recipe("three_stage", (), 1.0, 1.0), Recipe("three_stage", (), 1.0, 0.0),
               Recipe("three_stage", (), 0.0, 0.0)]
     measured = [forgot, restored, {**restored, "forget_acc": 0.95}]
-    cfg = replace(tiny_cfg, {"restore.choose": "fixed", "restore.alpha": 0.0})
+    # The paper's remind stage (no forget term: configs/presets/paper.yaml).
+    cfg = replace(tiny_cfg, {"restore.choose": "fixed", "restore.alpha": 0.0,
+                             "remind.forget_weight": 0.0})
     d = diagnose_soups(cfg, points[2], [], points, measured)
     assert "remind stage brought forget_acc back to 0.900" in d["notes"][0]
     assert "remind.forget_weight > 0" in d["notes"][0] and "base model" in d["notes"][1]
-    d = diagnose_soups(replace(cfg, {"remind.forget_weight": 10.0}), points[2], [], points,
+    d = diagnose_soups(replace(cfg, {"remind.forget_weight": 10.0,
+                                     "remind.forget_loss": "margin"}), points[2], [], points,
                        measured)
     assert "remind.forget_weight 10 (margin) did not keep it away" in d["notes"][0]
     d = diagnose_soups(cfg, points[2], [], points, [restored, restored, restored])
