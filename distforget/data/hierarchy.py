@@ -35,7 +35,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from distforget.data.sources import read_manifest_file, sha_of
+from distforget.data.sources import manifest_files, read_manifest_file, sha_of
 from distforget.errors import ConfigError, DataError, did_you_mean
 
 CIFAR10_GROUPS = {"animal": ("bird", "cat", "deer", "dog", "frog", "horse")}
@@ -79,14 +79,7 @@ def build_hierarchy(source: str | Path, groups: Mapping[str, Sequence[str]], *,
     or the class when ungrouped), ``subgroup`` (the class within a group, else None),
     ``split``, ``path`` (where the image came from)."""
     source = Path(source)
-    if source.is_dir():
-        files = sorted(source.glob("*.parquet"))
-        if not files:
-            raise DataError(f"--input {str(source)!r}: the folder holds no .parquet manifest")
-    elif source.is_file():
-        files = [source]
-    else:
-        raise DataError(f"--input {str(source)!r}: no Parquet manifest there")
+    files = manifest_files(source, "--input")
     frames = []
     for f in files:
         df, blobs, sources = read_manifest_file(f, split_from_name=source.is_dir())

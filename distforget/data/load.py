@@ -17,7 +17,8 @@ from distforget.data.cifar10 import holds_parquet
 from distforget.data.generated import generate
 from distforget.data.imagenet import read_imagenet
 from distforget.data.sources import (IMAGE_SUFFIXES, ImageTable, decode_cached, default_cache_dir,
-                                     from_arrays, label_table, read_manifest_file,
+                                     from_arrays, label_table, manifest_files,
+                                     read_manifest_file,
                                      save_atomic_npy, sha_of)
 from distforget.errors import DataError
 from distforget.storage import atomic_path
@@ -31,14 +32,7 @@ def read_parquet_manifest(path: str | Path, size: int | None, cache_dir: Path) -
     without a ``split`` column then takes its name as the split.
     """
     path = Path(path)
-    if path.is_dir():
-        files = sorted(path.glob("*.parquet"))
-        if not files:
-            raise DataError(f"data.path {str(path)!r}: the folder holds no .parquet manifest")
-    elif path.is_file():
-        files = [path]
-    else:
-        raise DataError(f"data.path {str(path)!r}: no Parquet manifest there")
+    files = manifest_files(path, "data.path")
     frames, blobs, sources = [], [], []
     for f in files:
         df, b, s = read_manifest_file(f, split_from_name=path.is_dir())

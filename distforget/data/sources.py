@@ -153,6 +153,20 @@ def label_table(class_names: Iterable, subgroups: pd.Series | None, splits: pd.S
     })
 
 
+def manifest_files(path: str | Path, what: str) -> list[Path]:
+    """The Parquet manifests at ``path``: the file, or every ``*.parquet`` of the folder;
+    ``what`` names the setting in the error (``data.path``, ``--input``)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(path.glob("*.parquet"))
+        if not files:
+            raise DataError(f"{what} {str(path)!r}: the folder holds no .parquet manifest")
+        return files
+    if path.is_file():
+        return [path]
+    raise DataError(f"{what} {str(path)!r}: no Parquet manifest there")
+
+
 def read_manifest_file(path: Path, split_from_name: bool) -> tuple[pd.DataFrame, list, list]:
     """One manifest file: its label frame, encoded images and source names."""
     try:
