@@ -28,14 +28,12 @@ from distforget.objectives import (ACCURACIES, METRICS, Constraint, parse_target
 from distforget.pareto import pareto_front, pick, usable
 from distforget.results import write_table
 from distforget.run_folder import RunFolder
-from distforget.trial import Recipe
+from distforget.trial import Evaluate, Recipe
 
 CONFIRM = "confirm"        # results.parquet source of the confirmation runs
 METHOD_SOURCES = ("trial", "sweep")
 SEED_KEYS = ("forget.seed", "remind.seed", "baseline.seed")
 
-# evaluate(recipes, "test") -> one metrics dict per recipe (``test_`` names)
-Evaluate = Callable[[Sequence[Recipe], str], list[dict]]
 # run_confirmations(param dicts, parent trial id): trains and records each (results rows with
 # source "confirm")
 RunConfirmations = Callable[[list[dict[str, Any]], str], None]
@@ -112,12 +110,12 @@ def add_test_metrics(folder: RunFolder, metrics: Mapping[str, Mapping[str, float
                      base_test: Mapping[str, float]) -> pd.DataFrame:
     """Write each row's test metrics (by trial id) and the base model's (``test_base_<m>``, on
     every row) into results.parquet; returns the table."""
-    df = folder.read_results()
-    for tid, values in metrics.items():
-        for key, value in values.items():
-            if key not in df:
-                df[key] = np.nan
-            df.loc[df["trial_id"] == tid, key] = value
+    df = folder.read_results().set_index("trial_id")
+    measured = pd.DataFrame.from_dict(dict(metrics), orient="index")
+    for key in measured.columns.difference(df.columns):
+        df[key] = np.nan
+    df.update(measured)
+    df = df.reset_index()
     for key, value in base_test.items():
         df[f"test_base_{key[len('test_'):]}" if key.startswith("test_") else key] = value
     write_table(folder.results, df)

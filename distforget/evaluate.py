@@ -58,9 +58,8 @@ def zero_shot_logits(visual: torch.nn.Module, images: np.ndarray, prep: DevicePr
 
 
 def accuracy(logits: torch.Tensor, labels: torch.Tensor) -> float:
-    if len(labels) == 0:
-        return float("nan")
-    return (logits.argmax(dim=-1) == labels).float().mean().item()
+    """Top-1 accuracy (NaN for no images)."""
+    return correct_count(logits, labels)[0]
 
 
 def correct_count(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, tuple[int, int]]:

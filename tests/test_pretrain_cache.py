@@ -21,6 +21,7 @@ def manifest(tmp_path_factory):
     return path
 
 
+@pytest.mark.slow  # pretrains small CLIPs from scratch
 def test_a_changed_image_size_pretrains_anew(manifest, cache_dir, cpu):
     cfg = PretrainConfig(epochs=1, batch_size=16)
     model = ModelConfig()

@@ -10,7 +10,6 @@ from distforget.data.scenario import SPLITS, build_scenario, forget_mask
 from distforget.data.load import load_data
 from distforget.errors import ConfigError
 from distforget.retrain import check_retrain, gap_to_retrain
-from tests.factories import TINY
 
 
 def _colour_embed(images: np.ndarray) -> np.ndarray:
@@ -48,6 +47,7 @@ def test_retrain_is_refused_for_weights_distforget_did_not_pretrain(tmp_path, ca
     assert not any(tmp_path.iterdir())
 
 
+@pytest.mark.slow  # pretrains the retrain reference from scratch
 def test_unlearn_retrains_without_the_forget_subgroup_and_reports_the_gap(tiny_cfg,
                                                                           tiny_prepared, cpu,
                                                                           tmp_path):

@@ -75,6 +75,7 @@ def test_ray_worker_entry_points_set_the_pool():
         assert "set_torch_threads(" in inspect.getsource(fn), fn
 
 
+@pytest.mark.slow  # pretrains a small CLIP from scratch
 def test_pretraining_prints_images_per_second(cpu):
     import re
 
