@@ -40,6 +40,8 @@ import pandas as pd
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from distforget.report import markdown_table  # noqa: E402
+
 SCENARIOS = {  # name -> (title, manifest the config reads, command that builds it)
     "embedded": ("embedded: red circles", None, None),
     "cifar10-hierarchy": ("CIFAR-10 hierarchy: animal/dog", "data/cifar10-hierarchy.parquet",
@@ -140,13 +142,7 @@ def scenario_rows(runs: list[dict]) -> pd.DataFrame:
 
 
 def markdown(df: pd.DataFrame) -> str:
-    cols = list(df.columns)
-    lines = ["| " + " | ".join(cols) + " |", "| " + " | ".join("---" for _ in cols) + " |"]
-    for _, row in df.iterrows():
-        lines.append("| " + " | ".join("" if pd.isna(row[c]) else
-                                       (f"{row[c]:.3f}" if isinstance(row[c], float)
-                                        else str(row[c])) for c in cols) + " |")
-    return "\n".join(lines)
+    return markdown_table(df, list(df.columns))
 
 
 def write_section(path: Path, body: str) -> None:
