@@ -165,7 +165,8 @@ def report(m: dict, trials: int, seed: int) -> str:
         ("start, imports, Ray start", m["ray_up"] - t0, tw["imports_s"],
          "process start to the first log line; the twin's: its imports"),
         ("prepare", m["prepared"] - m["ray_up"], tw["prepare_s"],
-         "shared inputs (a Ray task in the search), run folder written"),
+         "shared inputs (in the search's process on one node, else a Ray task), run folder "
+         "written"),
         ("Tune start to first trial", first_start - m["prepared"], 0.0,
          "Tuner, searcher, the first trial actors and their imports"),
         ("trials", last_end - first_start, tw["trials_s"],
