@@ -263,9 +263,11 @@ class ResourcesConfig:
     # 2-core machine runs two trials at once.
     cpus_per_worker: float = knob(0.95, gt=0)
     gpus_per_worker: float = knob(0.0, ge=0)
-    # The trial's own process, which only drives its stages and waits (no model work).
+    # The trial's own process: with one worker it also runs the stages (and asks for this plus
+    # the worker's resources); with several it only drives the worker group and waits.
     trial_cpus: float = knob(0.05, gt=0)
-    # Restarts of a stage's worker group from its last checkpoint after a worker dies.
+    # Restarts after a process dies, each resuming the running stage from its last epoch: of a
+    # trial's actor (one worker: the stages run in it) or of a stage's worker group (several).
     max_failures: int = knob(2, ge=0)
 
 

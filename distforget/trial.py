@@ -11,6 +11,7 @@ whose forget settings equal an earlier trial's reuses that forget stage without 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import time
 from dataclasses import dataclass, field
@@ -180,14 +181,47 @@ Launch = Callable[[RunConfig, Sequence[StageTask]], dict[str, StageOutput]]
 Evaluate = Callable[[Sequence[Recipe], str], list[dict]]
 
 
-def local_launcher(prepared: Prepared, cache: StageCache, device: torch.device) -> Launch:
-    """Run stages in this process (no Ray): one rank, the given device."""
+# on_epoch(metrics) after every epoch of a stage; metrics carry "stage" and "epoch".
+EpochCallback = Callable[[dict], None]
+SNAPSHOT = "snapshot.pt"
+
+
+def local_launcher(prepared: Prepared, cache: StageCache, device: torch.device, *,
+                   snapshots: str | None = None, on_epoch: EpochCallback | None = None
+                   ) -> Launch:
+    """Run stages in this process (no Ray): one rank, the given device.
+
+    ``snapshots``: a folder (path or URI) where the running stage's state is written after
+    every epoch (one file, replaced each time), so that the same launch run again after this
+    process died resumes that stage from its last epoch; stages that finished are in the stage
+    cache and are not launched again. The folder is removed when the launch ends.
+    ``on_epoch``: called on every epoch's metrics (as the Ray Train path reports them)."""
+    snapshot_uri = storage.join(snapshots, SNAPSHOT) if snapshots is not None else None
+
     def launch(cfg: RunConfig, tasks: Sequence[StageTask]) -> dict[str, StageOutput]:
+        resume = None
+        if snapshot_uri is not None and storage.exists(snapshot_uri):
+            resume = torch.load(io.BytesIO(storage.read_bytes(snapshot_uri)), weights_only=True)
         out = {}
         for task in tasks:
+            def after_epoch(epoch: int, metrics: dict, snapshot, task=task) -> None:
+                if snapshot_uri is not None:
+                    buffer = io.BytesIO()
+                    torch.save({**snapshot(), "stage_key": task.key}, buffer)
+                    storage.write_bytes(snapshot_uri, buffer.getvalue())
+                if on_epoch is not None:
+                    on_epoch({**metrics, "epoch": epoch, "stage": task.stage})
+
             upstream = cache.get(UPSTREAM[task.stage], task.upstream) if task.upstream else None
-            out[task.key] = run_stage(prepared, cfg, task.stage, upstream, device=device)
+            own = resume if resume is not None and resume.get("stage_key") == task.key else None
+            hooks = (StageHooks(on_epoch=after_epoch, resume=own)
+                     if snapshot_uri is not None or on_epoch is not None else StageHooks())
+            out[task.key] = run_stage(prepared, cfg, task.stage, upstream, device=device,
+                                      hooks=hooks)
             cache.put(task.stage, task.key, out[task.key])
+        if snapshots is not None:
+            # Every stage is in the stage cache now; its snapshot resumes nothing any more.
+            storage.remove_tree(snapshots)
         return out
     return launch
 
@@ -209,6 +243,8 @@ class TrialResult:
     wall_s: float = 0.0
     # The three-stage method's metrics after each stage and for each soup (diagnose_soups).
     diagnostics: dict[str, Any] = field(default_factory=dict)
+    # Seconds spent in launch (the stages, with whatever starting them costs) and in evaluate.
+    timing: dict[str, float] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         """A flat record: every metric, the soup, stage cache use and timing."""
@@ -237,6 +273,8 @@ def trial_record(*, trial_id: str, source: str, method: str, params: dict[str, A
                       sweep=[{"recipe": r.to_dict(), "metrics": m} for r, m in result.sweep])
         if result.diagnostics:
             record["diagnostics"] = result.diagnostics
+        if result.timing:
+            record["timing"] = dict(result.timing)
     return record
 
 
@@ -248,6 +286,8 @@ def run_trial(prepared: Prepared, cfg: RunConfig, *, launch: Launch, cache: Stag
     three-stage method after forget, after remind and at every alpha of the calibration grid
     (evaluations only; see ``diagnose_soups``)."""
     start = time.perf_counter()
+    timing = {"launch_s": 0.0, "evaluate_s": 0.0}
+    launch, evaluate = _timed(launch, timing, "launch_s"), _timed(evaluate, timing, "evaluate_s")
     tasks: list[StageTask] = []
     upstream: str | None = None
     for stage, knobs in stage_plan(cfg):
@@ -308,7 +348,19 @@ def run_trial(prepared: Prepared, cfg: RunConfig, *, launch: Launch, cache: Stag
                **{k: v for k, v in chosen.items() if k.startswith("calib_")}}
     return TrialResult(metrics=metrics, recipe=recipe, stages=stages, calibration=calibration,
                        sweep=[(p, {**m, **base}) for p, m in zip(points[1:], measured[1:])],
-                       wall_s=time.perf_counter() - start, diagnostics=diagnostics)
+                       wall_s=time.perf_counter() - start, diagnostics=diagnostics,
+                       timing=timing)
+
+
+def _timed(fn: Callable, into: dict[str, float], name: str) -> Callable:
+    """``fn`` that adds the seconds each call takes to ``into[name]``."""
+    def call(*args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            into[name] += time.perf_counter() - start
+    return call
 
 
 def diagnose_soups(cfg: RunConfig, recipe: Recipe, calibration: list[dict],

@@ -94,3 +94,53 @@ def test_a_non_finite_loss_fails_the_stage(tiny_prepared, tiny_cfg, cpu, monkeyp
     c = Counting(tiny_prepared, cache, cpu)
     with pytest.raises(FloatingPointError, match="the loss became nan"):
         trial(tiny_prepared, tiny_cfg, c, cache)
+
+
+class Died(Exception):
+    """Stands for the trial's process dying after an epoch's snapshot was written."""
+
+
+def test_a_launch_run_again_after_its_process_died_resumes_the_stage(
+        tiny_prepared, tiny_cfg, cpu, tmp_path):
+    from distforget.trial import StageTask, stage_key
+
+    # A short forget stage, then a remind stage of several short epochs (it never stops early).
+    cfg = replace(tiny_cfg, {"forget.epochs": 1, "remind.epochs": 6, "remind.batch_size": 4,
+                             "remind.lr": 1e-4})
+    fkey = stage_key(tiny_prepared.fingerprint, "forget", "three_stage", {"t": "resume"}, None,
+                     "auto")
+    rkey = stage_key(tiny_prepared.fingerprint, "remind", "three_stage", {"t": "resume"}, fkey,
+                     "auto")
+    tasks = [StageTask("forget", fkey, None), StageTask("remind", rkey, fkey)]
+    plain_snapshots = tmp_path / "plain" / "train"
+    epochs = []
+    plain = local_launcher(tiny_prepared, StageCache(str(tmp_path / "plain" / "stages")), cpu,
+                           snapshots=str(plain_snapshots), on_epoch=epochs.append)(cfg, tasks)
+    assert [(e["stage"], e["epoch"]) for e in epochs] == (
+        [("forget", 0)] + [("remind", i) for i in range(6)])
+    assert not plain_snapshots.exists()  # removed once every stage was in the cache
+
+    def dies_after_remind_epoch_2(metrics):
+        if metrics["stage"] == "remind" and metrics["epoch"] == 2:
+            raise Died
+
+    root, snapshots = tmp_path / "killed", str(tmp_path / "killed" / "train")
+    with pytest.raises(Died):
+        local_launcher(tiny_prepared, StageCache(str(root / "stages")), cpu,
+                       snapshots=snapshots, on_epoch=dies_after_remind_epoch_2)(cfg, tasks)
+    at_death = torch.load(root / "train" / "snapshot.pt", weights_only=True)
+    assert at_death["stage_key"] == rkey and at_death["epoch"] == 2
+    # Run again in a new process (a fresh cache object): only the missing stage is launched.
+    cache = StageCache(str(root / "stages"))
+    assert cache.has("forget", fkey) and not cache.has("remind", rkey)
+    again = []
+    out = local_launcher(tiny_prepared, cache, cpu, snapshots=snapshots,
+                         on_epoch=again.append)(cfg, [tasks[1]])[rkey]
+    assert [e["epoch"] for e in again] == [3, 4, 5]  # resumed, not started over
+    ref = plain[rkey]
+    assert [h["epoch"] for h in out.meta["history"]] == list(range(6))
+    assert out.meta["history"][:3] == at_death["history"]  # the epochs before are the snapshot's
+    assert out.meta["steps"] == ref.meta["steps"] and out.meta["layers"] == ref.meta["layers"]
+    for k in ref.state:
+        assert torch.allclose(out.state[k], ref.state[k], atol=1e-5, rtol=1e-5), k
+    assert not (root / "train").exists()

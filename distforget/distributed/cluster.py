@@ -33,6 +33,21 @@ def alive_nodes(nodes: list[dict] | None = None) -> list[dict]:
     return [n for n in nodes if n.get("Alive")]
 
 
+def in_actor(resources: ResourcesConfig) -> bool:
+    """Whether a trial runs its stages and evaluations in its own Tune actor (one worker: a
+    ``TorchTrainer`` would add a controller and a worker process, about 9 s per trial on 2
+    cores, for no parallelism) rather than as a Ray Train worker group (several workers)."""
+    return resources.workers == 1
+
+
+def trial_resources(resources: ResourcesConfig) -> dict[str, float]:
+    """What a trial's Tune actor asks for: everything the trial uses when it runs in the actor,
+    else only its own process (the worker group and evaluation tasks ask for theirs)."""
+    if in_actor(resources):
+        return per_trial(resources)
+    return {"CPU": resources.trial_cpus}
+
+
 def per_trial(resources: ResourcesConfig) -> dict[str, float]:
     """What one trial holds while a stage runs: its own process plus the stage's workers."""
     need = {"CPU": resources.trial_cpus + resources.workers * resources.cpus_per_worker}
@@ -45,6 +60,18 @@ def fits_on(node_resources: dict[str, float], resources: ResourcesConfig) -> boo
     """Whether one Train worker of a trial fits on a node with these resources."""
     return (node_resources.get("CPU", 0) >= resources.cpus_per_worker
             and node_resources.get("GPU", 0) >= resources.gpus_per_worker)
+
+
+def driver_works(resources: ResourcesConfig, nodes: list[dict] | None = None) -> bool:
+    """Whether the search's own process may do the one-off work a worker would do (prepare the
+    shared inputs, measure the chosen points on test): the cluster is this one node and it has
+    room for a worker, so a task would run on this machine anyway, only in a process that has
+    to start and import torch first (seconds on a small machine)."""
+    live = alive_nodes(nodes)
+    if len(live) != 1:
+        return False
+    here = ray.get_runtime_context().get_node_id() if nodes is None else live[0].get("NodeID")
+    return live[0].get("NodeID") == here and fits_on(live[0].get("Resources", {}), resources)
 
 
 def check_storage(storage_uri: str, shared: bool, resources: ResourcesConfig,

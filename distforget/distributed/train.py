@@ -142,17 +142,33 @@ def ray_evaluator(prepared_ref: ray.ObjectRef, cache: StageCache, resources: Res
 
 @ray.remote
 def _prepare_task(cfg: dict) -> Prepared:
-    from distforget.prepare import prepare
-
     set_torch_threads(from_dict(cfg).resources.cpus_per_worker)
     device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
-    return prepare(from_dict(cfg), device)
+    return _prepare(from_dict(cfg), device)
 
 
-def prepare_on_cluster(cfg: DistforgetConfig) -> tuple[ray.ObjectRef, Prepared]:
-    """Run ``prepare`` once, as a task with one worker's resources; its result stays in the
-    object store for every trial. Input errors raised there come back as themselves."""
+def _prepare(cfg: DistforgetConfig, device: torch.device) -> Prepared:
+    from distforget.prepare import prepare
+
+    return prepare(cfg, device)
+
+
+def driver_device(resources: ResourcesConfig) -> torch.device:
+    """The device a worker would get, for work done in the search's own process."""
+    return torch.device("cuda" if resources.gpus_per_worker > 0 and torch.cuda.is_available()
+                        else "cpu")
+
+
+def prepare_on_cluster(cfg: DistforgetConfig, here: bool = False
+                       ) -> tuple[ray.ObjectRef, Prepared]:
+    """Run ``prepare`` once, in this process (``here``: see ``cluster.driver_works``) or as a
+    task with one worker's resources; its result is put in the object store for every trial.
+    Input errors raised in a task come back as themselves."""
     r = cfg.resources
+    if here:
+        set_torch_threads(r.cpus_per_worker)
+        prepared = _prepare(cfg, driver_device(r))
+        return ray.put(prepared), prepared
     ref = _prepare_task.options(num_cpus=r.cpus_per_worker,
                                 num_gpus=r.gpus_per_worker).remote(cfg.to_dict())
     try:

@@ -1,22 +1,38 @@
 """The Tune side of a trial: the function trainable, the Optuna searcher, the results writer.
 
-``run_one_trial`` is thin: it builds the trial's config, runs the core ``run_trial`` with stages
-launched as Ray Train jobs, writes the trial's record (``trials/<trial_id>.json``, atomically,
-before it reports) and reports the objectives with ``ray.tune.report``. The same trainable runs
-the baselines, the search's trials and the confirmation runs of the chosen point.
+``run_one_trial`` is thin: it builds the trial's config, runs the core ``run_trial``, writes the
+trial's record (``trials/<trial_id>.json``, atomically, before it reports) and reports the
+objectives with ``ray.tune.report``. The same trainable runs the baselines, the search's trials
+and the confirmation runs of the chosen point.
+
+Which path a trial's stages take follows ``resources.workers`` (``cluster.in_actor``):
+
+- one worker: the stages and the evaluations run in the trial's own Tune actor, which holds the
+  worker's resources. The running stage's state is written after every epoch beside the trial
+  (``train/<trial_id>/snapshot.pt``); when the actor dies, Tune starts the trial again
+  (``resources.max_failures`` times), finished stages come from the stage cache and the running
+  one resumes from its last epoch.
+- several workers: each stage is a Ray Train ``TorchTrainer`` (data-parallel, a dead worker
+  replaced and its stage resumed by Ray Train) and evaluations are Ray tasks with one worker's
+  resources (``distforget.distributed.train``).
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from typing import Any, Sequence
 
 import ray
 import ray.tune
+import torch
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
+from distforget import storage
 from distforget.config import from_dict, replace
+from distforget.distributed.cluster import in_actor
 from distforget.distributed.train import ray_evaluator, ray_launcher
 from distforget.objectives import OBJECTIVES, Constraint
 from distforget.results import rows_from_record
@@ -24,16 +40,20 @@ from distforget.run_folder import RunFolder
 from distforget.search_space import SearchSpace
 from distforget.study import add_sweep_points, set_constraints
 from distforget.threads import set_torch_threads
-from distforget.trial import StageCache, run_trial, trial_record
+from distforget.trial import (StageCache, local_evaluator, local_launcher, run_trial,
+                              trial_record)
 
 
 def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
     """One Tune trial (see the module docstring)."""
+    started, clock = time.time(), time.perf_counter()
     trial_id = ray.tune.get_context().get_trial_id()
     # A confirmation run's values arrive as one dict (Tune grid-searches over whole dicts).
     params = params.get("confirm", params)
     base = from_dict(shared["config"])
-    set_torch_threads(base.resources.trial_cpus)
+    here = in_actor(base.resources)
+    r = base.resources
+    set_torch_threads(r.trial_cpus + r.cpus_per_worker if here else r.trial_cpus)
     prepared_ref = shared["prepared"][0]
     prepared = ray.get(prepared_ref)
     space: SearchSpace | None = shared.get("space")
@@ -42,20 +62,31 @@ def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
     cfg = space.trial_config(base, params) if space is not None else replace(base, params)
     folder = RunFolder(shared["run"])
     cache = StageCache(folder.stages)
+    if here:
+        # The stages and evaluations run in this actor, which holds a worker's resources.
+        device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
+        launch = local_launcher(prepared, cache, device,
+                                snapshots=storage.join(folder.train, trial_id))
+        evaluate = local_evaluator(prepared, cache, device, cfg.model.precision)
+    else:
+        launch = ray_launcher(prepared_ref, cache, cfg.resources, folder.train, trial_id)
+        evaluate = ray_evaluator(prepared_ref, cache, cfg.resources, cfg.model.precision)
     ident = {"trial_id": trial_id, "source": shared["source"], "method": cfg.method,
              "params": params, "parent_id": shared.get("parent_id")}
+    setup_s = time.perf_counter() - clock
     try:
-        result = run_trial(
-            prepared, cfg,
-            launch=ray_launcher(prepared_ref, cache, cfg.resources, folder.train, trial_id),
-            cache=cache,
-            evaluate=ray_evaluator(prepared_ref, cache, cfg.resources, cfg.model.precision),
-            sweep=shared.get("sweep", ()), log=lambda msg: print(f"[{trial_id}] {msg}"),
-            diagnose=True)
+        result = run_trial(prepared, cfg, launch=launch, cache=cache, evaluate=evaluate,
+                           sweep=shared.get("sweep", ()),
+                           log=lambda msg: print(f"[{trial_id}] {msg}"), diagnose=True)
     except Exception as exc:
         folder.write_trial_record(trial_record(**ident, error=f"{type(exc).__name__}: {exc}"))
         raise
     record = trial_record(**ident, result=result)
+    # Where the trial's time went (bench/overhead.py reads it): wall-clock start and end, the
+    # path it took, the actor's pid (the same pid on several trials: a reused actor).
+    record["timing"] = {**record.get("timing", {}), "path": "in-actor" if here else "ray-train",
+                        "setup_s": setup_s, "started": started, "pid": os.getpid()}
+    record["timing"]["ended"] = time.time()
     text = folder.write_trial_record(record)
     ray.tune.report({**{k: record[k] for k in OBJECTIVES}, "record": text})
 

@@ -1,8 +1,11 @@
-"""Faults during a search: a Train worker killed mid-stage, and a trial that raises.
+"""Faults during a search: a worker killed mid-stage (a Train worker, or a one-worker trial's
+actor), and a trial that raises.
 
 - A worker process killed by SIGKILL while a stage trains: Ray Train (``FailureConfig``) starts a
   new worker group, the stage resumes from its last per-epoch checkpoint, and the launch ends
   with the stage's output in the cache, the same steps and weights as an uninterrupted run.
+- A one-worker trial's actor (where its stages run) killed while remind trains: Tune starts the
+  trial again, forget comes from the stage cache and remind resumes from its snapshot.
 - A trial whose stage raises (a knob that is valid config but wrong for the model): the trial is
   recorded as failed with its error, the other trials finish, the search reports, and the
   Optuna study marks the trial FAIL.
@@ -256,3 +259,96 @@ def test_a_trial_that_raises_is_recorded_failed_and_the_search_goes_on(ray_clust
     for tid in ok["trial_id"]:
         assert by_tune_id[tid].state == optuna.trial.TrialState.COMPLETE, tid
     assert not [t for t in study.trials if t.state == optuna.trial.TrialState.RUNNING]
+
+
+# --- a one-worker trial's actor killed mid-stage --------------------------------------------------
+
+ONE_TRIAL_SPACE = """\
+method: three_stage
+fixed:
+  restore.choose: fixed
+params:
+  restore.alpha: {type: float, low: 0.0, high: 1.0}
+"""
+
+
+def _trial_actors(state: str | None = None) -> list[dict]:
+    """Tune's function-trainable actors of the session cluster (see _train_worker_actors)."""
+    from ray._private.state import actors
+
+    return [a for a in actors(actor_state_name=state).values()
+            if "ImplicitFunc" in a["ActorClassName"]]
+
+
+def _remind_snapshot(run) -> dict | None:
+    """A trial's snapshot of a stage after the cached forget stage (remind), at epoch 2 or
+    later; None while there is none."""
+    forget = {p.name.split("-", 1)[1] for p in (run / "stages").glob("forget-*")
+              if (p / "meta.json").is_file()}
+    for path in glob.glob(str(run / "train" / "*" / "snapshot.pt")):
+        try:
+            snap = torch.load(path, weights_only=True)
+        except Exception:  # being replaced right now
+            continue
+        if forget and snap["stage_key"][:24] not in forget and snap["epoch"] >= 2:
+            return snap
+    return None
+
+
+@pytest.mark.slow
+def test_a_killed_trial_actor_is_restarted_and_its_stage_resumes(
+        ray_cluster, tiny_cfg, tmp_path):
+    """One worker: the stages run in the trial's actor. SIGKILL it while remind trains: Tune
+    starts the trial again, forget comes from the stage cache, remind resumes from its snapshot,
+    and the trial is recorded once, ok."""
+    from distforget.distributed.tuner import run_search
+
+    space = tmp_path / "space.yaml"
+    space.write_text(ONE_TRIAL_SPACE)
+    items = {**SEARCHABLE, **STAGES, "search.space": str(space), "search.num_trials": 1,
+             "search.sampler": "random", "search.baselines": [], "search.confirm_seeds": 0,
+             "resources.max_failures": 2, "output.storage": str(tmp_path),
+             "output.name": "killed-actor"}
+    cfg = load_config(None, [f"{k}={json.dumps(v) if isinstance(v, list) else v}"
+                             for k, v in items.items()])
+    assert cfg.resources.workers == 1
+    known = {a["ActorID"] for a in _trial_actors()}
+    run = tmp_path / "killed-actor"
+    outcome = {}
+
+    def search():
+        try:
+            outcome["summary"] = run_search(cfg, log=print)
+        except BaseException as exc:  # handed to the test thread
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=search, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 300
+    while (snapshot := _remind_snapshot(run)) is None:
+        assert time.monotonic() < deadline, "no remind snapshot of epoch 2 within 300 s"
+        assert thread.is_alive(), f"the search ended before the kill: {outcome}"
+        time.sleep(0.1)
+    alive = [a for a in _trial_actors("ALIVE") if a["ActorID"] not in known]
+    assert len(alive) == 1, alive
+    victim = alive[0]
+    os.kill(victim["Pid"], signal.SIGKILL)
+    thread.join(300)
+    assert not thread.is_alive(), "the search did not finish within 300 s of the kill"
+    if "error" in outcome:
+        raise outcome["error"]
+
+    results = pd.read_parquet(run / "results.parquet")
+    trials = results[results["source"] == "trial"]
+    assert len(trials) == 1 and (trials["status"] == "ok").all()
+    assert any(a["ActorID"] == victim["ActorID"] for a in _trial_actors("DEAD"))
+    record = json.loads((run / "trials" / f"{trials['trial_id'].iloc[0]}.json").read_text())
+    assert record["status"] == "ok" and record["timing"]["path"] == "in-actor"
+    assert record["timing"]["pid"] != victim["Pid"]  # the record is the restarted trial's
+    # The restarted trial took forget from the cache and resumed remind from the snapshot.
+    assert record["stages"]["forget"]["cached"]
+    remind = StageCache(str(run / "stages")).get("remind", record["stages"]["remind"]["key"])
+    history = remind.meta["history"]
+    assert [h["epoch"] for h in history] == list(range(EPOCHS))
+    assert history[:len(snapshot["history"])] == snapshot["history"]
+    assert not list((run / "train").glob("*/snapshot.pt"))  # removed once cached
