@@ -117,11 +117,13 @@ def point_lines(row: pd.Series) -> list[str]:
     return lines
 
 
-def build_report(run: str, rule: str | None = None) -> dict[str, Any]:
+def build_report(run: str, rule: str | None = None, interrupted: dict | None = None
+                 ) -> dict[str, Any]:
     """Rebuild the front, plot and report of a run; returns the chosen row and why.
 
     Everything chosen here (front, pick, hypervolume) is computed on validation metrics; the
-    test columns, where the search measured them, are only shown."""
+    test columns, where the search measured them, are only shown. ``interrupted`` (``signal``,
+    ``trials``, ``failed``, ``of``) heads the report as a search stopped part-way."""
     import pandas as pd
 
     from distforget import storage
@@ -155,6 +157,11 @@ def build_report(run: str, rule: str | None = None) -> dict[str, Any]:
     target = parse_target(cfg.search.target)
     splits = info.get("prepared", {}).get("splits", {})
     lines = [f"# distforget report: {cfg.output.name}", ""]
+    if interrupted is not None:
+        lines += [f"**Interrupted** ({interrupted['signal']}) after {interrupted['trials']} of "
+                  f"{interrupted['of']} trials ({interrupted['failed']} failed). What follows "
+                  "covers the finished trials, on validation only: no confirmation runs, no test "
+                  "metrics, nothing exported. Run the same command again to resume.", ""]
     sc = cfg.scenario
     what = (f"subgroup `{sc.forget_subgroup}` of class `{sc.forget_class}`"
             if sc.forget_subgroup else f"the whole class `{sc.forget_class}`")

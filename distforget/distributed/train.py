@@ -19,6 +19,7 @@ copies by every process on a node.
 from __future__ import annotations
 
 import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -26,8 +27,9 @@ from typing import Sequence
 import ray
 import ray.train
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from distforget import storage
@@ -47,6 +49,14 @@ class StageFailed(RuntimeError):
     """A stage's own code raised: the trial fails with that error, without restarts."""
 
 
+def epoch_metrics(stage: str, epoch: int, metrics: dict) -> dict:
+    """A stage's metrics after an epoch as one report: numbers under ``<stage>/<name>`` (so
+    a tracker keeps forget's and remind's apart), with the stage and its epoch."""
+    return {**{f"{stage}/{k}": v for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)},
+            f"{stage}/epoch": epoch, "stage": stage}
+
+
 def _own_error(exc: Exception, world_size: int) -> bool:
     """Whether ``exc`` is the stage code's own error rather than a consequence of a lost worker.
     On one worker every error is. In a group, a rank whose peer died fails in a collective with
@@ -57,6 +67,10 @@ def _own_error(exc: Exception, world_size: int) -> bool:
 def _stages_worker(config: dict) -> None:
     """One rank of a trial's stages (runs inside a Ray Train worker)."""
     cfg = from_dict(config["cfg"])
+    if not cfg.output.verbose:
+        # Ray Train logs every report ("Reporting training result ...") through a logger named
+        # by its file, outside ``ray.train``, which LoggingConfig's level does not reach.
+        logging.getLogger().setLevel(logging.WARNING)
     set_torch_threads(cfg.resources.cpus_per_worker)
     prepared: Prepared = ray.get(config["prepared"][0])
     cache = StageCache(config["cache_root"])
@@ -78,7 +92,7 @@ def _stages_worker(config: dict) -> None:
             continue
 
         def on_epoch(epoch: int, metrics: dict, snapshot, stage=task.stage) -> None:
-            metrics = {**metrics, "epoch": epoch, "stage": stage}
+            metrics = epoch_metrics(stage, epoch, metrics)
             if parallel.is_main:
                 with tempfile.TemporaryDirectory() as folder:
                     torch.save({**snapshot(), "stage_key": task.key}, Path(folder) / SNAPSHOT)
@@ -136,7 +150,11 @@ def ray_launcher(prepared_ref: ray.ObjectRef, cache: StageCache, resources: Reso
             run_config=RunConfig(
                 name=name, storage_path=storage_path,
                 failure_config=FailureConfig(max_failures=resources.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=1)))
+                checkpoint_config=CheckpointConfig(num_to_keep=1),
+                # Every epoch's report on to the Tune trial, for the tracking callbacks.
+                callbacks=[TuneReportCallback()] if cfg.output.callbacks else None,
+                logging_config=LoggingConfig(log_level="INFO" if cfg.output.verbose
+                                             else "WARNING")))
         try:
             trainer.fit()
         except Exception:

@@ -2,14 +2,17 @@
 
 ``run_one_trial`` is thin: it builds the trial's config, runs the core ``run_trial`` with stages
 launched as Ray Train jobs, writes the trial's record (``trials/<trial_id>.json``, atomically,
-before it reports) and reports the objectives with ``ray.tune.report``. The same trainable runs
+before it reports) and reports the objectives with ``ray.tune.report`` (numbers only: the
+searcher and the results writer read the record itself from the run folder). The same trainable runs
 the baselines, the search's trials and the confirmation runs of the chosen point.
 """
 
 from __future__ import annotations
 
-import json
-from typing import Any, Sequence
+import warnings
+from typing import Any, Callable, Sequence
+
+import optuna
 
 import ray
 import ray.tune
@@ -19,6 +22,7 @@ from ray.tune.search.optuna import OptunaSearch
 from distforget.config import from_dict, replace
 from distforget.distributed.train import ray_evaluator, ray_launcher
 from distforget.objectives import OBJECTIVES, Constraint
+from distforget.pareto import pareto_front, usable
 from distforget.results import rows_from_record
 from distforget.run_folder import RunFolder
 from distforget.search_space import SearchSpace
@@ -56,8 +60,12 @@ def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
         folder.write_trial_record(trial_record(**ident, error=f"{type(exc).__name__}: {exc}"))
         raise
     record = trial_record(**ident, result=result)
-    text = folder.write_trial_record(record)
-    ray.tune.report({**{k: record[k] for k in OBJECTIVES}, "record": text})
+    folder.write_trial_record(record)
+    ray.tune.report({k: record[k] for k in (*OBJECTIVES, *REPORTED) if record.get(k) is not None})
+
+
+# Reported to Tune beside the objectives (for tracking callbacks and the progress table).
+REPORTED = ("alpha", "mia_auc", "forget_sim", "wall_s")
 
 
 class SweepOptunaSearch(OptunaSearch):
@@ -65,11 +73,15 @@ class SweepOptunaSearch(OptunaSearch):
     values against the target before it is told (so the sampler steers towards the target),
     and feeds the extra soups every trial measured to the study as further completed trials."""
 
-    def __init__(self, *args, target: Sequence[Constraint] = (), **kwargs):
+    def __init__(self, *args, target: Sequence[Constraint] = (), folder: RunFolder,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self._target = tuple(target)
+        self._folder = folder
         # optuna-dashboard then names the objectives instead of "Objective 0/1/2".
-        self._ot_study.set_metric_names(list(OBJECTIVES))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names(list(OBJECTIVES))
 
     def suggest(self, trial_id: str):
         params = super().suggest(trial_id)
@@ -79,7 +91,7 @@ class SweepOptunaSearch(OptunaSearch):
         return params
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        record = json.loads(result["record"]) if result and "record" in result else None
+        record = self._folder.read_trial_record(trial_id) if result and not error else None
         ot_trial = self._ot_trials.get(trial_id)
         if record is not None and not error and ot_trial is not None:
             for key in ("source", "mia_auc", "forget_sim", "alpha", "parent_id"):
@@ -92,34 +104,50 @@ class SweepOptunaSearch(OptunaSearch):
             add_sweep_points(self._ot_study, self._space, record, self._target)
 
 
-class ResultsWriter(Callback):
-    """Appends each finished trial (and its sweep points) to ``results.parquet`` and prints one
-    line per trial; failed trials are recorded with their error."""
+def _value(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
-    def __init__(self, folder: RunFolder, total: int, done: int, study_store=None):
+
+class ResultsWriter(Callback):
+    """Appends each finished trial (and its sweep points) to ``results.parquet`` and logs one
+    line per trial (its searched values and metrics) and the method's front so far; failed
+    trials are recorded with their error."""
+
+    def __init__(self, folder: RunFolder, total: int, done: int, study_store=None, *,
+                 log: Callable[[str], None] = print, params: Sequence[str] = ()):
         self.folder = folder
         self.total = total
         self.done = done
         self.study_store = study_store  # synced after every trial when the run is remote
+        self.log = log
+        self.params = tuple(params)  # the searched keys, in the space's order
 
-    @staticmethod
-    def log(message: str) -> None:
-        print(message, flush=True)
-
-    def _append(self, record: dict) -> None:
-        self.folder.append_results(rows_from_record(record))
+    def _append(self, record: dict):
+        results = self.folder.append_results(rows_from_record(record))
         self.done += 1
         if self.study_store is not None:
             self.study_store.sync()
+        return results
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        record = json.loads(trial.last_result["record"])
-        self._append(record)
-        self.log(f"trial {self.done}/{self.total} {record['trial_id']} ({record['method']}): "
-                 f"forget_acc {record['forget_acc']:.3f}  retain_acc {record['retain_acc']:.3f}  "
-                 f"zeroshot_acc {record['zeroshot_acc']:.3f}  alpha {record['alpha']:.2f}  "
-                 f"{len(record.get('sweep', []))} extra soups  stage cache "
-                 f"{record['stage_cache_hits']} hit(s)  {record['wall_s']:.1f}s")
+        record = self.folder.read_trial_record(trial.trial_id)
+        results = self._append(record)
+        values = record.get("params", {})
+        shown = [k for k in self.params if k in values] or sorted(values)
+        self.log(f"trial {self.done}/{self.total} {record['trial_id']} ({record['method']}) "
+                 + " ".join(f"{k}={_value(values[k])}" for k in shown)
+                 + f": forget_acc {record['forget_acc']:.3f}  retain_acc "
+                 f"{record['retain_acc']:.3f}  zeroshot_acc {record['zeroshot_acc']:.3f}  "
+                 f"alpha {record['alpha']:.2f}  {len(record.get('sweep', []))} extra soups  "
+                 f"stage cache {record['stage_cache_hits']} hit(s)  {record['wall_s']:.1f}s")
+        if record["source"] == "trial":
+            method = usable(results[results["source"].isin(("trial", "sweep"))])
+            front = pareto_front(method)
+            self.log(f"  front so far: {len(front)} of {len(method)} points (forget_acc/"
+                     "retain_acc/zeroshot_acc): " + ", ".join(
+                f"{r.trial_id} ({r.forget_acc:.3f}/{r.retain_acc:.3f}/{r.zeroshot_acc:.3f})"
+                for r in front.sort_values("forget_acc").head(4).itertuples())
+                + (" ..." if len(front) > 4 else ""))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         record = self.folder.read_trial_record(trial.trial_id) or {
