@@ -281,8 +281,8 @@ class OutputConfig:
     shared: bool = False
     # Ray Tune logger callbacks the search also sends every trial's results to, per-epoch stage
     # metrics included: tensorboard (event files in each trial's folder under the run folder),
-    # mlflow (MLFLOW_TRACKING_URI, else <run>/mlruns), wandb (WANDB_* settings). Each needs its
-    # extra: pip install 'distforget[tensorboard]' (or mlflow, wandb).
+    # mlflow (MLFLOW_TRACKING_URI, else sqlite:///<run>/mlflow.db), wandb (WANDB_* settings).
+    # Each needs its extra: pip install 'distforget[tensorboard]' (or mlflow, wandb).
     callbacks: tuple[Tracker, ...] = ()
     # Ray Train's own lines (worker groups, checkpoints, one per epoch) on the console as well
     # (``--verbose``); otherwise only its warnings.

@@ -31,13 +31,15 @@ def check_trackers(names: Sequence[str]) -> None:
 
 
 def mlflow_uri(run: str) -> str:
-    """MLflow's tracking URI: ``MLFLOW_TRACKING_URI``, else a file store in the run folder."""
+    """MLflow's tracking URI: ``MLFLOW_TRACKING_URI``, else a local store in the run folder,
+    ``sqlite:///<run>/mlflow.db`` (MLflow 3 keeps its ``./mlruns`` file store only behind
+    ``MLFLOW_ALLOW_FILE_STORE``; SQLAlchemy comes with Optuna)."""
     if os.environ.get("MLFLOW_TRACKING_URI"):
         return os.environ["MLFLOW_TRACKING_URI"]
     if storage.is_remote(run):
         raise ConfigError("output.callbacks: mlflow with a remote output.storage needs "
-                          "MLFLOW_TRACKING_URI (a tracking server or a shared path)")
-    return Path(run, "mlruns").resolve().as_uri()
+                          "MLFLOW_TRACKING_URI (a tracking server or a database)")
+    return f"sqlite:///{Path(run, 'mlflow.db').resolve()}"
 
 
 def tune_callbacks(names: Sequence[str], run: str, experiment: str) -> list:

@@ -220,6 +220,10 @@ def run_search(cfg: RunConfig, log: Callable[[str], None] = print) -> dict[str, 
     # would show the trial's record); Ray's own SIGTERM handler is replaced while this runs.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # trials are logged by distforget
+    if cfg.output.callbacks:
+        # Each stage epoch is a Tune result for the trackers; only a trial's last result holds
+        # the objectives that the searcher reads.
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     with Interrupts(log) as interrupts:
         driver = Driver(cfg, folder, log, interrupts)
         try:
