@@ -63,3 +63,26 @@ def test_each_finished_trial_is_logged_with_its_values_metrics_and_the_front_so_
     logged = (tmp_path / "embedded-default" / "search.log").read_text().splitlines()
     assert len(logged) == len(shown)
     assert [line.split("  ", 1)[1] for line in logged] == shown  # "<UTC time>  <line>"
+
+
+def test_verbose_and_an_interrupted_search_on_the_command_line(tmp_path, monkeypatch, capsys):
+    import signal
+
+    from distforget import search
+    from distforget.distributed import tuner
+    from distforget.interrupts import SearchInterrupted
+
+    seen = []
+
+    def stopped(cfg):
+        seen.append(cfg)
+        raise SearchInterrupted(signal.SIGTERM)
+
+    monkeypatch.setattr(tuner, "run_search", stopped)
+    args = ["--verbose", f"output.storage={tmp_path}", "search.num_trials=3"]
+    assert search.main(args, prog="distforget search") == 143
+    assert seen[0].output.verbose and seen[0].search.num_trials == 3
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["distforget search: interrupted (SIGTERM); to resume, run the same command:",
+                   f"  distforget search --verbose output.storage={tmp_path} "
+                   "search.num_trials=3"]
