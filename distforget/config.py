@@ -25,6 +25,7 @@ from distforget.objectives import DEFAULT_TARGET, parse_rule, parse_target
 # retrain: the small CLIP pretrained again without the forget subgroup (the reference that
 # unlearning approximates; only for model.pretrained: embedded).
 Baseline = Literal["ft", "ga", "rl", "neggrad", "salun"]
+Tracker = Literal["tensorboard", "mlflow", "wandb"]
 Method = Literal["three_stage", "ft", "ga", "rl", "neggrad", "salun", "base", "retrain"]
 BASELINES: tuple[str, ...] = typing.get_args(Baseline)
 METHODS: tuple[str, ...] = typing.get_args(Method)
@@ -280,6 +281,14 @@ class OutputConfig:
     # The storage path is a shared filesystem mounted at the same path on every node (NFS), so
     # a multi-node cluster may use it although it is not a URI.
     shared: bool = False
+    # Ray Tune logger callbacks the search also sends every trial's results to, per-epoch stage
+    # metrics included: tensorboard (event files in each trial's folder under the run folder),
+    # mlflow (MLFLOW_TRACKING_URI, else sqlite:///<run>/mlflow.db), wandb (WANDB_* settings).
+    # Each needs its extra: pip install 'distforget[tensorboard]' (or mlflow, wandb).
+    callbacks: tuple[Tracker, ...] = ()
+    # Ray Train's own lines (worker groups, checkpoints, one per epoch) on the console as well
+    # (``--verbose``); otherwise only its warnings.
+    verbose: bool = False
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ The order is what keeps the test split honest:
 from __future__ import annotations
 
 import json
-from typing import Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,7 +28,9 @@ from distforget.objectives import (ACCURACIES, METRICS, Constraint, parse_target
 from distforget.pareto import pareto_front, pick, usable
 from distforget.results import write_table
 from distforget.run_folder import RunFolder
-from distforget.trial import Evaluate, Recipe
+
+if TYPE_CHECKING:  # distforget.trial imports torch and open_clip; `report --help` should not
+    from distforget.trial import Evaluate
 
 CONFIRM = "confirm"        # results.parquet source of the confirmation runs
 METHOD_SOURCES = ("trial", "sweep")
@@ -179,6 +181,8 @@ def finish(folder: RunFolder, cfg: RunConfig, *, evaluate: Evaluate,
     # The choice is made: now, and only now, the test images are read.
     picks = baseline_picks(results, cfg, base_val)
     todo = rows_to_test(results, chosen["trial_id"], [r["trial_id"] for r in picks.values()])
+    from distforget.trial import Recipe
+
     recipes = [Recipe("base")] + [Recipe.from_dict(json.loads(r)) for r in todo["recipe"]]
     measured = evaluate(recipes, "test")
     base_test, rows = measured[0], measured[1:]

@@ -121,7 +121,7 @@ def prepare(cfg: RunConfig, device: torch.device, *, cache_dir: Path | None = No
     weights = cfg.model.pretrained
     pretrain_info: dict[str, Any] = {}
     if weights == "embedded":
-        from distforget.pretrain import ensure_pretrained, pretrained_info
+        from distforget.pretraining import ensure_pretrained, pretrained_info
         path = ensure_pretrained(cfg.model, cfg.pretrain, data, templates, device, cache_dir,
                                  log=log, holdout_fraction=cfg.scenario.holdout_fraction)
         pretrain_info = pretrained_info(path)

@@ -10,28 +10,27 @@ from __future__ import annotations
 import argparse
 import io
 import json
-from typing import Any
+import math
+import numbers
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
-
-from distforget import storage
 from distforget.cli import run_cli
-from distforget.config import from_dict, replace
-from distforget.confirm import METHOD_SOURCES, baseline_picks, choose, confirmation_summary
 from distforget.objectives import (ACCURACIES, METRICS, OBJECTIVES, parse_target, shortfalls,
                                    as_test)
-from distforget.pareto import (hypervolume, normalized_hypervolume, pareto_front,
-                               reference_point, to_minimize, usable)
-from distforget.results import write_table
-from distforget.run_folder import RunFolder
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+# pandas, pyarrow and optuna (about 1 s to import) are imported where they are used, so that
+# `distforget report --help` answers at once.
 
 SHOWN = ["trial_id", "source", "forget_acc", "retain_acc", "zeroshot_acc", "mia_auc", "alpha"]
 
 
 def _fmt(v: Any) -> str:
-    if isinstance(v, (float, np.floating)):
-        return "" if np.isnan(v) else f"{v:.3g}" if abs(v) < 0.01 and v != 0 else f"{v:.3f}"
+    if isinstance(v, numbers.Real) and not isinstance(v, numbers.Integral):  # numpy's too
+        v = float(v)
+        return "" if math.isnan(v) else f"{v:.3g}" if abs(v) < 0.01 and v != 0 else f"{v:.3f}"
     return "" if v is None else str(v)
 
 
@@ -80,6 +79,8 @@ def plot_front(method_rows: pd.DataFrame, front: pd.DataFrame, chosen: pd.Series
 def budgets(results: pd.DataFrame) -> pd.DataFrame:
     """Per method: the trials run (each trains), the points evaluated (trials and their extra
     soups) and the summed trial wall time."""
+    import pandas as pd
+
     rows = []
     # A sweep row is a point of its trial (source "sweep" for the method's search; a searched
     # baseline's soups keep the source "baseline" and carry a parent_id).
@@ -116,11 +117,23 @@ def point_lines(row: pd.Series) -> list[str]:
     return lines
 
 
-def build_report(run: str, rule: str | None = None) -> dict[str, Any]:
+def build_report(run: str, rule: str | None = None, interrupted: dict | None = None
+                 ) -> dict[str, Any]:
     """Rebuild the front, plot and report of a run; returns the chosen row and why.
 
     Everything chosen here (front, pick, hypervolume) is computed on validation metrics; the
-    test columns, where the search measured them, are only shown."""
+    test columns, where the search measured them, are only shown. ``interrupted`` (``signal``,
+    ``trials``, ``failed``, ``of``) heads the report as a search stopped part-way."""
+    import pandas as pd
+
+    from distforget import storage
+    from distforget.config import from_dict, replace
+    from distforget.confirm import METHOD_SOURCES, baseline_picks, choose
+    from distforget.pareto import (hypervolume, normalized_hypervolume, pareto_front,
+                                   reference_point, to_minimize, usable)
+    from distforget.results import write_table
+    from distforget.run_folder import RunFolder
+
     folder = RunFolder(run)
     info = folder.read_info()
     cfg = from_dict(info["config"])
@@ -144,6 +157,11 @@ def build_report(run: str, rule: str | None = None) -> dict[str, Any]:
     target = parse_target(cfg.search.target)
     splits = info.get("prepared", {}).get("splits", {})
     lines = [f"# distforget report: {cfg.output.name}", ""]
+    if interrupted is not None:
+        lines += [f"**Interrupted** ({interrupted['signal']}) after {interrupted['trials']} of "
+                  f"{interrupted['of']} trials ({interrupted['failed']} failed). What follows "
+                  "covers the finished trials, on validation only: no confirmation runs, no test "
+                  "metrics, nothing exported. Run the same command again to resume.", ""]
     sc = cfg.scenario
     what = (f"subgroup `{sc.forget_subgroup}` of class `{sc.forget_class}`"
             if sc.forget_subgroup else f"the whole class `{sc.forget_class}`")
@@ -213,6 +231,8 @@ def build_report(run: str, rule: str | None = None) -> dict[str, Any]:
 
 def confirmation_lines(results: pd.DataFrame, row: pd.Series, target) -> list[str]:
     """The chosen point's seeds: each seed's test metrics, mean and spread, target per seed."""
+    from distforget.confirm import confirmation_summary
+
     summary = confirmation_summary(results, row.to_dict(), target)
     if len(summary["seeds"]) < 2:
         return []
@@ -240,6 +260,9 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     parser.add_argument("--debug", action="store_true")
 
     def run(args) -> int:
+        from distforget import storage
+        from distforget.run_folder import RunFolder
+
         out = build_report(args.run, args.pick)
         chosen = out["chosen"]["trial_id"] if out["chosen"] else None
         print(f"front: {out['front_size']} points; hypervolume {out['hypervolume']:.3f}; "

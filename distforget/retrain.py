@@ -3,7 +3,7 @@
 Unlearning approximates the model that never saw the forget subgroup. Where distforget made the
 base model itself (``model.pretrained: embedded``), that model can be built: the same small
 CLIP, pretrained with the same recipe (``pretrain`` knobs, templates, seed) on the same training
-images minus every image of the forget subgroup, through ``distforget.pretrain`` and its cache.
+images minus every image of the forget subgroup, through ``distforget.pretraining`` and its cache.
 For other weights (``openai``, a local file) the pre-training data is not at hand, and
 ``method: retrain`` is refused.
 
@@ -49,7 +49,7 @@ def retrain(prepared: Prepared, cfg: RunConfig, *, device: torch.device,
     from distforget.data.scenario import forget_mask, needs_embeddings
     from distforget.data.load import load_data
     from distforget.model import load_pretrained, tokenizer_for
-    from distforget.pretrain import ensure_pretrained, pretrained_info
+    from distforget.pretraining import ensure_pretrained, pretrained_info
     from distforget.zeroshot import build_head, templates_for
 
     check_retrain(cfg)

@@ -10,6 +10,7 @@ Ray here: the tuner drives the search, this module owns its files.
     stages/             the content-addressed stage cache
     tune-NNN/, baselines-NNN/, train/   Tune's experiment state and Ray Train's checkpoints
     pareto.parquet, pareto.csv, pareto.png, report.md, best/
+    search.log          distforget's own lines of every attempt (trials, front, outputs)
 
 Running the same search on the same folder resumes: trials whose record exists are kept (and
 appended to results.parquet if the driver died before it could), the study is told about them,
@@ -40,7 +41,8 @@ from distforget.study import add_sweep_points, objective_values, set_constraints
 
 # Keys that may change between a search and its resumption.
 RESUMABLE = {("search", "num_trials"), ("search", "max_concurrent_trials"), ("search", "pick"),
-             ("resources",), ("output", "storage"), ("output", "shared")}
+             ("resources",), ("output", "storage"), ("output", "shared"),
+             ("output", "callbacks"), ("output", "verbose")}
 
 
 def identity_view(cfg: RunConfig) -> dict:
@@ -98,6 +100,7 @@ class RunFolder:
     PLOT = "pareto.png"
     REPORT = "report.md"
     BEST = "best"
+    LOG = "search.log"
 
     @classmethod
     def of(cls, cfg: RunConfig) -> "RunFolder":
@@ -141,6 +144,9 @@ class RunFolder:
         return append_results(self.results, rows)
 
     # --- run.json --------------------------------------------------------------------------
+
+    def has_info(self) -> bool:
+        return storage.exists(self.path(self.RUN_INFO))
 
     def read_info(self) -> dict[str, Any]:
         path = self.path(self.RUN_INFO)
@@ -218,6 +224,37 @@ class RunFolder:
 
     def study_store(self) -> "StudyStore":
         return StudyStore(self)
+
+
+class RunLog:
+    """distforget's own lines: shown (``echo``; None: printed), and appended with a UTC time to
+    ``search.log`` in the run folder (rewritten whole on object storage, which has no append).
+    Tune pickles the callbacks that hold it, so it holds no reference to ``print`` itself."""
+
+    def __init__(self, folder: RunFolder, echo=None):
+        self.path = folder.path(RunFolder.LOG)
+        self.echo = echo
+        self.remote = storage.is_remote(folder.root)
+        self._lines: list[str] = []
+        if self.remote and storage.exists(self.path):
+            self._lines = storage.read_bytes(self.path).decode().splitlines(keepends=True)
+
+    def __call__(self, message: str) -> None:
+        import datetime
+
+        if self.echo is None:
+            print(message, flush=True)
+        else:
+            self.echo(message)
+        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+        lines = [f"{stamp}  {line}\n" for line in message.splitlines() or [""]]
+        if self.remote:
+            self._lines += lines
+            storage.write_bytes(self.path, "".join(self._lines).encode())
+        else:
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
+            with open(self.path, "a") as f:
+                f.writelines(lines)
 
 
 class StudyStore:

@@ -112,6 +112,15 @@ def remove_tree(uri: str) -> None:
         pass
 
 
+def remove_file(uri: str) -> None:
+    """Delete one file (local or remote); absent is fine."""
+    fs, path = resolve(uri)
+    try:
+        fs.delete_file(path)
+    except FileNotFoundError:
+        pass
+
+
 def read_bytes(uri: str) -> bytes:
     fs, path = resolve(uri)
     with fs.open_input_stream(path) as f:

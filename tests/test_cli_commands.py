@@ -69,15 +69,17 @@ def test_help_lists_the_config_sections_and_points_at_config_show(name, capsys):
     assert "distforget config show" in out
 
 
-def test_help_imports_neither_torch_nor_open_clip_nor_ray():
+def test_no_command_imports_torch_open_clip_ray_pandas_or_optuna_for_its_help():
+    # What made `--help` take 7 to 12 s; every command answers in a fraction of a second now.
     code = ("import sys\n"
-            "from distforget.cli import main\n"
-            "for name in ('search', 'unlearn', 'export', 'config'):\n"
+            "from distforget.cli import COMMANDS, main\n"
+            "for name in COMMANDS:\n"
             "    try:\n"
             "        main([name, '--help'])\n"
             "    except SystemExit:\n"
             "        pass\n"
-            "print('HEAVY', sorted(m for m in ('torch', 'open_clip', 'ray') if m in sys.modules))")
+            "print('HEAVY', sorted(m for m in ('torch', 'open_clip', 'ray', 'pandas', 'optuna')\n"
+            "                      if m in sys.modules))")
     proc = run("-c", code)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().splitlines()[-1] == "HEAVY []"

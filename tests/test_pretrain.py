@@ -6,7 +6,7 @@ import torch
 
 from distforget.config import RunConfig
 from distforget.data.load import load_data
-from distforget.pretrain import caption, caption_targets, ensure_pretrained, pretrained_info
+from distforget.pretraining import caption, caption_targets, ensure_pretrained, pretrained_info
 from distforget.zeroshot import GENERATED_TEMPLATES
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from distforget.config import DataConfig, ModelConfig, PretrainConfig
 from distforget.data.load import load_data
-from distforget.pretrain import cache_key, ensure_pretrained, split_rows
+from distforget.pretraining import cache_key, ensure_pretrained, split_rows
 from distforget.zeroshot import CIFAR10_TEMPLATES
 from tests.factories import cifar_frame
 

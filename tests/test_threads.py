@@ -82,7 +82,7 @@ def test_pretraining_prints_images_per_second(cpu):
     from distforget.config import PretrainConfig
     from distforget.data.load import load_data
     from distforget.config import load_config
-    from distforget.pretrain import pretrain_clip, split_rows
+    from distforget.pretraining import pretrain_clip, split_rows
     from distforget.zeroshot import GENERATED_TEMPLATES
     from tests.factories import TINY
 

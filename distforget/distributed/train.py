@@ -10,12 +10,16 @@ own checkpoints, its own entry in the stage cache, and its own metrics.
 
 Rank 0 reports a checkpoint after every epoch, so a worker that dies is replaced and the
 running stage resumes from its last epoch (``FailureConfig``); stages already in the cache are
-not run again. The prepared inputs travel as one object in Ray's object store, read without
+not run again. An error raised by the stage code itself is not a lost worker, and a restart
+would only raise it again: the rank records it (``<name>.stage-error.json`` beside the Train
+run) and the launch raises ``StageFailed`` at once (see ``_stage_error``). The prepared inputs travel as one object in Ray's object store, read without
 copies by every process on a node.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 import tempfile
 from pathlib import Path
 from typing import Sequence
@@ -23,8 +27,9 @@ from typing import Sequence
 import ray
 import ray.train
 import torch
-from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from distforget import storage
@@ -37,16 +42,43 @@ from distforget.trial import (UPSTREAM, Evaluate, Launch, Recipe, StageCache, St
                               evaluate_recipes, run_stage)
 
 SNAPSHOT = "snapshot.pt"
+STAGE_ERROR = "stage-error.json"
+
+
+class StageFailed(RuntimeError):
+    """A stage's own code raised: the trial fails with that error, without restarts."""
+
+
+def epoch_metrics(stage: str, epoch: int, metrics: dict) -> dict:
+    """A stage's metrics after an epoch as one report: numbers under ``<stage>/<name>`` (so
+    a tracker keeps forget's and remind's apart), with the stage and its epoch."""
+    return {**{f"{stage}/{k}": v for k, v in metrics.items()
+               if isinstance(v, (int, float)) and not isinstance(v, bool)},
+            f"{stage}/epoch": epoch, "stage": stage}
+
+
+def _own_error(exc: Exception, world_size: int) -> bool:
+    """Whether ``exc`` is the stage code's own error rather than a consequence of a lost worker.
+    On one worker every error is. In a group, a rank whose peer died fails in a collective with
+    a RuntimeError (gloo, NCCL), so RuntimeErrors keep Ray Train's restarts there."""
+    return world_size == 1 or not isinstance(exc, RuntimeError)
 
 
 def _stages_worker(config: dict) -> None:
     """One rank of a trial's stages (runs inside a Ray Train worker)."""
     cfg = from_dict(config["cfg"])
+    if not cfg.output.verbose:
+        # Ray Train logs every report ("Reporting training result ...") through a logger named
+        # by its file, outside ``ray.train``, which LoggingConfig's level does not reach.
+        logging.getLogger().setLevel(logging.WARNING)
     set_torch_threads(cfg.resources.cpus_per_worker)
     prepared: Prepared = ray.get(config["prepared"][0])
     cache = StageCache(config["cache_root"])
     device = ray.train.torch.get_device()
     parallel = Parallel.current()
+    error_path = config["error_path"]
+    if storage.exists(error_path):
+        return  # restarted after a rank's own error: nothing to run (the launch raises it)
 
     resume = None
     checkpoint = ray.train.get_checkpoint()
@@ -60,7 +92,7 @@ def _stages_worker(config: dict) -> None:
             continue
 
         def on_epoch(epoch: int, metrics: dict, snapshot, stage=task.stage) -> None:
-            metrics = {**metrics, "epoch": epoch, "stage": stage}
+            metrics = epoch_metrics(stage, epoch, metrics)
             if parallel.is_main:
                 with tempfile.TemporaryDirectory() as folder:
                     torch.save({**snapshot(), "stage_key": task.key}, Path(folder) / SNAPSHOT)
@@ -71,8 +103,21 @@ def _stages_worker(config: dict) -> None:
 
         upstream = (cache.get(UPSTREAM[task.stage], task.upstream) if task.upstream else None)
         own = resume if resume is not None and resume.get("stage_key") == task.key else None
-        output = run_stage(prepared, cfg, task.stage, upstream, device=device,
-                           parallel=parallel, hooks=StageHooks(on_epoch=on_epoch, resume=own))
+        try:
+            output = run_stage(prepared, cfg, task.stage, upstream, device=device,
+                               parallel=parallel, hooks=StageHooks(on_epoch=on_epoch,
+                                                                   resume=own))
+        except Exception as exc:
+            if not _own_error(exc, parallel.world_size):
+                raise
+            storage.write_bytes(error_path, json.dumps(
+                {"stage": task.stage, "rank": parallel.rank,
+                 "error": f"{type(exc).__name__}: {exc}"}).encode())
+            if parallel.world_size > 1:
+                # Ray Train then stops the whole group (no rank is left waiting in a
+                # collective); the restarted group finds the record and ends at once.
+                raise
+            return
         if parallel.is_main:
             cache.put(task.stage, task.key, output)
         parallel.barrier()
@@ -92,17 +137,30 @@ def ray_launcher(prepared_ref: ray.ObjectRef, cache: StageCache, resources: Reso
     """Launch a trial's stages as one ``TorchTrainer`` named ``<run_name>-<stages>``."""
     def launch(cfg: DistforgetConfig, tasks: Sequence[StageTask]) -> dict[str, StageOutput]:
         name = f"{run_name}-{'-'.join(t.stage for t in tasks)}"
+        error_path = storage.join(storage_path, f"{name}.{STAGE_ERROR}")
+        if storage.exists(error_path):  # left by an interrupted earlier attempt
+            storage.remove_file(error_path)
         trainer = TorchTrainer(
             _stages_worker,
             # The ref is wrapped in a list so Ray passes it through instead of resolving it.
             train_loop_config={"prepared": [prepared_ref], "cfg": cfg.to_dict(),
-                               "tasks": [t.__dict__ for t in tasks], "cache_root": cache.root},
+                               "tasks": [t.__dict__ for t in tasks], "cache_root": cache.root,
+                               "error_path": error_path},
             scaling_config=scaling_config(resources),
             run_config=RunConfig(
                 name=name, storage_path=storage_path,
                 failure_config=FailureConfig(max_failures=resources.max_failures),
-                checkpoint_config=CheckpointConfig(num_to_keep=1)))
-        trainer.fit()
+                checkpoint_config=CheckpointConfig(num_to_keep=1),
+                # Every epoch's report on to the Tune trial, for the tracking callbacks.
+                callbacks=[TuneReportCallback()] if cfg.output.callbacks else None,
+                logging_config=LoggingConfig(log_level="INFO" if cfg.output.verbose
+                                             else "WARNING")))
+        try:
+            trainer.fit()
+        except Exception:
+            if not storage.exists(error_path):
+                raise
+        _stage_error(error_path, storage.join(storage_path, name))
         out = {}
         for t in tasks:
             out[t.key] = cache.get(t.stage, t.key)
@@ -114,6 +172,17 @@ def ray_launcher(prepared_ref: ray.ObjectRef, cache: StageCache, resources: Reso
         storage.remove_tree(storage.join(storage_path, name))
         return out
     return launch
+
+
+def _stage_error(error_path: str, run_dir: str) -> None:
+    """Raise ``StageFailed`` with the error a rank recorded, if one did (after removing the
+    record and the launch's checkpoints)."""
+    if not storage.exists(error_path):
+        return
+    failure = json.loads(storage.read_bytes(error_path))
+    storage.remove_file(error_path)
+    storage.remove_tree(run_dir)
+    raise StageFailed(f"stage {failure['stage']} raised {failure['error']}")
 
 
 @ray.remote

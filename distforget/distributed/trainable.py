@@ -2,7 +2,8 @@
 
 ``run_one_trial`` is thin: it builds the trial's config, runs the core ``run_trial``, writes the
 trial's record (``trials/<trial_id>.json``, atomically, before it reports) and reports the
-objectives with ``ray.tune.report``. The same trainable runs the baselines, the search's trials
+objectives with ``ray.tune.report`` (numbers only: the searcher and the results writer read the
+record itself from the run folder). The same trainable runs the baselines, the search's trials
 and the confirmation runs of the chosen point.
 
 Which path a trial's stages take follows ``resources.workers`` (``cluster.in_actor``):
@@ -11,7 +12,9 @@ Which path a trial's stages take follows ``resources.workers`` (``cluster.in_act
   worker's resources. The running stage's state is written after every epoch beside the trial
   (``train/<trial_id>/snapshot.pt``); when the actor dies, Tune starts the trial again
   (``resources.max_failures`` times), finished stages come from the stage cache and the running
-  one resumes from its last epoch.
+  one resumes from its last epoch. Each epoch's metrics are reported to Tune (for the tracking
+  callbacks). An error the stage code raised is recorded in the trial's record; a restarted
+  trial that finds it raises it again at once instead of repeating the work.
 - several workers: each stage is a Ray Train ``TorchTrainer`` (data-parallel, a dead worker
   replaced and its stage resumed by Ray Train) and evaluations are Ray tasks with one worker's
   resources (``distforget.distributed.train``).
@@ -19,10 +22,12 @@ Which path a trial's stages take follows ``resources.workers`` (``cluster.in_act
 
 from __future__ import annotations
 
-import json
 import os
 import time
-from typing import Any, Sequence
+import warnings
+from typing import Any, Callable, Sequence
+
+import optuna
 
 import ray
 import ray.tune
@@ -33,8 +38,9 @@ from ray.tune.search.optuna import OptunaSearch
 from distforget import storage
 from distforget.config import from_dict, replace
 from distforget.distributed.cluster import in_actor
-from distforget.distributed.train import ray_evaluator, ray_launcher
+from distforget.distributed.train import StageFailed, epoch_metrics, ray_evaluator, ray_launcher
 from distforget.objectives import OBJECTIVES, Constraint
+from distforget.pareto import pareto_front, usable
 from distforget.results import rows_from_record
 from distforget.run_folder import RunFolder
 from distforget.search_space import SearchSpace
@@ -64,8 +70,16 @@ def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
     cache = StageCache(folder.stages)
     if here:
         # The stages and evaluations run in this actor, which holds a worker's resources.
+        earlier = folder.read_trial_record(trial_id)
+        if earlier is not None and earlier.get("error"):
+            # Tune started this trial again after its own code raised (not a lost actor, which
+            # writes no record): the same error again, without repeating the work.
+            raise StageFailed(earlier["error"])
         device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
-        launch = local_launcher(prepared, cache, device,
+        # Every stage epoch is a Tune result for the tracking callbacks.
+        on_epoch = ((lambda m: ray.tune.report(epoch_metrics(m["stage"], m["epoch"], m)))
+                    if cfg.output.callbacks else None)
+        launch = local_launcher(prepared, cache, device, on_epoch=on_epoch,
                                 snapshots=storage.join(folder.train, trial_id))
         evaluate = local_evaluator(prepared, cache, device, cfg.model.precision)
     else:
@@ -87,8 +101,12 @@ def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
     record["timing"] = {**record.get("timing", {}), "path": "in-actor" if here else "ray-train",
                         "setup_s": setup_s, "started": started, "pid": os.getpid()}
     record["timing"]["ended"] = time.time()
-    text = folder.write_trial_record(record)
-    ray.tune.report({**{k: record[k] for k in OBJECTIVES}, "record": text})
+    folder.write_trial_record(record)
+    ray.tune.report({k: record[k] for k in (*OBJECTIVES, *REPORTED) if record.get(k) is not None})
+
+
+# Reported to Tune beside the objectives (for tracking callbacks and the progress table).
+REPORTED = ("alpha", "mia_auc", "forget_sim", "wall_s")
 
 
 class SweepOptunaSearch(OptunaSearch):
@@ -96,11 +114,15 @@ class SweepOptunaSearch(OptunaSearch):
     values against the target before it is told (so the sampler steers towards the target),
     and feeds the extra soups every trial measured to the study as further completed trials."""
 
-    def __init__(self, *args, target: Sequence[Constraint] = (), **kwargs):
+    def __init__(self, *args, target: Sequence[Constraint] = (), folder: RunFolder,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         self._target = tuple(target)
+        self._folder = folder
         # optuna-dashboard then names the objectives instead of "Objective 0/1/2".
-        self._ot_study.set_metric_names(list(OBJECTIVES))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            self._ot_study.set_metric_names(list(OBJECTIVES))
 
     def suggest(self, trial_id: str):
         params = super().suggest(trial_id)
@@ -110,7 +132,7 @@ class SweepOptunaSearch(OptunaSearch):
         return params
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        record = json.loads(result["record"]) if result and "record" in result else None
+        record = self._folder.read_trial_record(trial_id) if result and not error else None
         ot_trial = self._ot_trials.get(trial_id)
         if record is not None and not error and ot_trial is not None:
             for key in ("source", "mia_auc", "forget_sim", "alpha", "parent_id"):
@@ -123,34 +145,50 @@ class SweepOptunaSearch(OptunaSearch):
             add_sweep_points(self._ot_study, self._space, record, self._target)
 
 
-class ResultsWriter(Callback):
-    """Appends each finished trial (and its sweep points) to ``results.parquet`` and prints one
-    line per trial; failed trials are recorded with their error."""
+def _value(v: Any) -> str:
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
 
-    def __init__(self, folder: RunFolder, total: int, done: int, study_store=None):
+
+class ResultsWriter(Callback):
+    """Appends each finished trial (and its sweep points) to ``results.parquet`` and logs one
+    line per trial (its searched values and metrics) and the method's front so far; failed
+    trials are recorded with their error."""
+
+    def __init__(self, folder: RunFolder, total: int, done: int, study_store=None, *,
+                 log: Callable[[str], None] = print, params: Sequence[str] = ()):
         self.folder = folder
         self.total = total
         self.done = done
         self.study_store = study_store  # synced after every trial when the run is remote
+        self.log = log
+        self.params = tuple(params)  # the searched keys, in the space's order
 
-    @staticmethod
-    def log(message: str) -> None:
-        print(message, flush=True)
-
-    def _append(self, record: dict) -> None:
-        self.folder.append_results(rows_from_record(record))
+    def _append(self, record: dict):
+        results = self.folder.append_results(rows_from_record(record))
         self.done += 1
         if self.study_store is not None:
             self.study_store.sync()
+        return results
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        record = json.loads(trial.last_result["record"])
-        self._append(record)
-        self.log(f"trial {self.done}/{self.total} {record['trial_id']} ({record['method']}): "
-                 f"forget_acc {record['forget_acc']:.3f}  retain_acc {record['retain_acc']:.3f}  "
-                 f"zeroshot_acc {record['zeroshot_acc']:.3f}  alpha {record['alpha']:.2f}  "
-                 f"{len(record.get('sweep', []))} extra soups  stage cache "
-                 f"{record['stage_cache_hits']} hit(s)  {record['wall_s']:.1f}s")
+        record = self.folder.read_trial_record(trial.trial_id)
+        results = self._append(record)
+        values = record.get("params", {})
+        shown = [k for k in self.params if k in values] or sorted(values)
+        self.log(f"trial {self.done}/{self.total} {record['trial_id']} ({record['method']}) "
+                 + " ".join(f"{k}={_value(values[k])}" for k in shown)
+                 + f": forget_acc {record['forget_acc']:.3f}  retain_acc "
+                 f"{record['retain_acc']:.3f}  zeroshot_acc {record['zeroshot_acc']:.3f}  "
+                 f"alpha {record['alpha']:.2f}  {len(record.get('sweep', []))} extra soups  "
+                 f"stage cache {record['stage_cache_hits']} hit(s)  {record['wall_s']:.1f}s")
+        if record["source"] == "trial":
+            method = usable(results[results["source"].isin(("trial", "sweep"))])
+            front = pareto_front(method)
+            self.log(f"  front so far: {len(front)} of {len(method)} points (forget_acc/"
+                     "retain_acc/zeroshot_acc): " + ", ".join(
+                f"{r.trial_id} ({r.forget_acc:.3f}/{r.retain_acc:.3f}/{r.zeroshot_acc:.3f})"
+                for r in front.sort_values("forget_acc").head(4).itertuples())
+                + (" ..." if len(front) > 4 else ""))
 
     def on_trial_error(self, iteration, trials, trial, **info):
         record = self.folder.read_trial_record(trial.trial_id) or {

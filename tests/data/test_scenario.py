@@ -173,7 +173,7 @@ def test_too_few_held_out_images_for_validation_and_test_is_refused(shapes):
 
 
 def test_pretraining_and_scenarios_hold_out_the_same_images_without_a_split_column(shapes):
-    from distforget.pretrain import split_rows
+    from distforget.pretraining import split_rows
 
     data = ImageTable(shapes.images, shapes.table.assign(split=None))
     train_rows, held_rows = split_rows(data, 0.4)

@@ -7,8 +7,9 @@ actor), and a trial that raises.
 - A one-worker trial's actor (where its stages run) killed while remind trains: Tune starts the
   trial again, forget comes from the stage cache and remind resumes from its snapshot.
 - A trial whose stage raises (a knob that is valid config but wrong for the model): the trial is
-  recorded as failed with its error, the other trials finish, the search reports, and the
-  Optuna study marks the trial FAIL.
+  recorded as failed with its error at once (its worker group is not restarted
+  ``resources.max_failures`` times as after a lost worker), the other trials finish, the search
+  reports, and the Optuna study marks the trial FAIL.
 """
 
 import glob
@@ -189,9 +190,8 @@ def test_a_worker_killed_mid_stage_resumes_from_its_last_checkpoint(
 
 # On a ViT image tower (no BatchNorm), remind.bn_align_images > 0 is valid config but makes the
 # remind stage raise ConfigError: the trials that draw 8 fail, those that draw 0 run. (With
-# search.seed 3 the random sampler draws both values.) No stage restarts: a restart would only
-# raise the same error again (with the default resources.max_failures of 2, each failed trial
-# starts its worker group three times, about a minute more on 2 cores).
+# search.seed 3 the random sampler draws both values.) resources.max_failures keeps its default
+# (2): an error of the stage code is not retried, so every trial starts one worker group.
 SPACE = """\
 method: three_stage
 fixed:
@@ -203,8 +203,7 @@ params:
 FAULTY_SEARCH = {**SEARCHABLE, "model.name": "DF-ViT-Tiny-32", "remind.bn_align_images": None,
                  "forget.epochs": 1, "remind.epochs": 1, "search.num_trials": 4,
                  "search.sampler": "random", "search.seed": 3, "search.baselines": [],
-                 "search.confirm_seeds": 0, "resources.max_failures": 0,
-                 "output.name": "faulty"}
+                 "search.confirm_seeds": 0, "output.name": "faulty"}
 
 
 @pytest.mark.slow
@@ -221,7 +220,10 @@ def test_a_trial_that_raises_is_recorded_failed_and_the_search_goes_on(ray_clust
     cfg = load_config(None, [f"{k}={json.dumps(v) if isinstance(v, list) or v is None else v}"
                              for k, v in items.items()])
     assert cfg.remind.bn_align_images is None and cfg.model.name == "DF-ViT-Tiny-32"
+    assert cfg.resources.max_failures == 2
+    known = {a["ActorID"] for a in _train_worker_actors()}
     summary = run_search(cfg, log=print)
+    workers = [a for a in _train_worker_actors() if a["ActorID"] not in known]
 
     run = tmp_path / "faulty"
     assert summary["run"] == str(run)
@@ -242,6 +244,13 @@ def test_a_trial_that_raises_is_recorded_failed_and_the_search_goes_on(ray_clust
     for tid in failed["trial_id"]:
         record = json.loads((run / "trials" / f"{tid}.json").read_text())
         assert record["status"] == "failed" and "BatchNorm" in record["error"]
+        assert record["error"].startswith("StageFailed: stage remind raised ConfigError")
+    # One worker group (of one worker) per trial that trained a stage, failed ones included:
+    # no restarts (each failed trial would otherwise start 1 + max_failures groups).
+    launched = len(failed) + int((ok["stage_cache_misses"] > 0).sum())
+    assert len(workers) == launched, [a["ActorID"] for a in workers]
+    # The failed launches' checkpoints and error records are gone.
+    assert not (run / "train").exists() or not any((run / "train").iterdir())
 
     # The search finished: the front, report and best model come from the trials that ran.
     assert (run / "report.md").is_file() and (run / "best" / "model.safetensors").is_file()
