@@ -43,7 +43,8 @@ def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
     folder = RunFolder(shared["run"])
     cache = StageCache(folder.stages)
     ident = {"trial_id": trial_id, "source": shared["source"], "method": cfg.method,
-             "params": params, "parent_id": shared.get("parent_id")}
+             "params": params, "parent_id": shared.get("parent_id"),
+             "node_id": ray.get_runtime_context().get_node_id()}
     try:
         result = run_trial(
             prepared, cfg,
