@@ -265,7 +265,9 @@ class ResourcesConfig:
     gpus_per_worker: float = knob(0.0, ge=0)
     # The trial's own process, which only drives its stages and waits (no model work).
     trial_cpus: float = knob(0.05, gt=0)
-    # Restarts of a stage's worker group from its last checkpoint after a worker dies.
+    # After a process or node dies: restarts of a stage's worker group from its last
+    # checkpoint, and retries of a trial whose own process died (the same trial id, reusing
+    # the stages it finished). A trial that raises is retried too, so 0 for a debug run.
     max_failures: int = knob(2, ge=0)
 
 

@@ -37,6 +37,15 @@ def _tune_config(**kwargs) -> tune.TuneConfig:
                            trial_dirname_creator=lambda t: t.trial_id, **kwargs)
 
 
+def _run_config(name: str, folder: RunFolder, resources, callbacks: list) -> tune.RunConfig:
+    """A Tuner's run config. A trial whose process dies (its node lost, say) is started again,
+    up to ``resources.max_failures`` times, under the same trial id: the stages it finished are
+    in the stage cache, and a stage it was running resumes from its last checkpoint."""
+    return tune.RunConfig(name=name, storage_path=folder.root, callbacks=callbacks,
+                          failure_config=tune.FailureConfig(
+                              max_failures=resources.max_failures))
+
+
 def run_baselines(cfg: RunConfig, folder: RunFolder, space: SearchSpace, shared: dict, mc: int,
                   log: Callable[[str], None]) -> None:
     """Each baseline in ``search.baselines``: once at its defaults (``search.baseline_trials``
@@ -58,8 +67,8 @@ def run_baselines(cfg: RunConfig, folder: RunFolder, space: SearchSpace, shared:
         _trainable({**shared, "source": "baseline", "space": None}, cfg.resources),
         param_space={"method": tune.grid_search(todo)},
         tune_config=_tune_config(max_concurrent_trials=min(mc, len(todo))),
-        run_config=tune.RunConfig(name=folder.attempt("baselines"), storage_path=folder.root,
-                                  callbacks=[ResultsWriter(folder, len(todo), 0)])).fit()
+        run_config=_run_config(folder.attempt("baselines"), folder, cfg.resources,
+                               [ResultsWriter(folder, len(todo), 0)])).fit()
 
 
 def run_study(cfg: RunConfig, folder: RunFolder, space: SearchSpace, shared: dict, mc: int,
@@ -86,9 +95,9 @@ def run_study(cfg: RunConfig, folder: RunFolder, space: SearchSpace, shared: dic
                        cfg.resources),
             tune_config=_tune_config(search_alg=searcher, num_samples=remaining,
                                      max_concurrent_trials=min(mc, remaining)),
-            run_config=tune.RunConfig(
-                name=folder.attempt("tune"), storage_path=folder.root,
-                callbacks=[ResultsWriter(folder, num_trials, finished, study_store)])).fit()
+            run_config=_run_config(
+                folder.attempt("tune"), folder, cfg.resources,
+                [ResultsWriter(folder, num_trials, finished, study_store)])).fit()
     study_store.sync()
 
 
@@ -131,8 +140,8 @@ def run_search(cfg: RunConfig, log: Callable[[str], None] = print) -> dict[str, 
                        cfg.resources),
             param_space={"confirm": tune.grid_search(params)},
             tune_config=_tune_config(max_concurrent_trials=min(mc, len(params))),
-            run_config=tune.RunConfig(name=folder.attempt("confirm"), storage_path=folder.root,
-                                      callbacks=[ResultsWriter(folder, len(params), 0)])).fit()
+            run_config=_run_config(folder.attempt("confirm"), folder, cfg.resources,
+                                   [ResultsWriter(folder, len(params), 0)])).fit()
 
     failed_search(folder.read_results())
     evaluate = ray_evaluator(prepared_ref, StageCache(folder.stages), cfg.resources,
