@@ -32,22 +32,25 @@ HEAD_NODE_ID = "f" * 51 + "00000"
 class FakeCluster:
     """``ray start --head --block --autoscaling-config`` on the local YAML, in its own session,
     with this cluster's GCS port, the given idle timeout, extra environment variables for
-    every Ray process (``extra_env``) and any ``worker_type`` settings (``min_workers``, ...) of the
-    YAML's ``cpu-worker`` type."""
+    every Ray process (``extra_env``), a dashboard if asked (Ray's state API needs it: Ray Train
+    removes a dead controller's placement group through it) and any ``worker_type`` settings
+    (``min_workers``, ...) of the YAML's ``cpu-worker`` type."""
 
     def __init__(self, tmp_path: Path, idle_timeout_s: float, extra_env: dict | None = None,
-                 **worker_type):
+                 dashboard: bool = False, **worker_type):
         # Unix socket paths are limited to ~107 bytes: the Ray folder must be short.
         self.temp_dir = Path(tempfile.mkdtemp(prefix="dfas-", dir="/tmp"))
         token = tmp_path / "auth_token"
         token.write_text(uuid.uuid4().hex + uuid.uuid4().hex)
         token.chmod(0o600)
-        gcs, node_manager, object_manager, client = free_ports(4)
+        gcs, node_manager, object_manager, client, dashboard_port = free_ports(5)
         self.address = f"127.0.0.1:{gcs}"
         config = yaml.safe_load((REPO / "cluster" / "local-autoscaling.yaml").read_text())
         config["provider"]["gcs_address"] = self.address
         config["idle_timeout_minutes"] = idle_timeout_s / 60
         config["available_node_types"]["cpu-worker"].update(worker_type)
+        config["max_workers"] = max(config["max_workers"],
+                                    config["available_node_types"]["cpu-worker"]["max_workers"])
         self.config_path = tmp_path / "local-autoscaling.yaml"
         self.config_path.write_text(yaml.safe_dump(config))
         self.max_workers = config["available_node_types"]["cpu-worker"]["max_workers"]
@@ -60,13 +63,19 @@ class FakeCluster:
                     "PYTHONPATH": os.pathsep.join(
                         p for p in (str(REPO), env.get("PYTHONPATH")) if p),
                     "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+                    # Ray code that looks for "the" cluster (the state API: Ray Train's
+                    # placement group cleaner) must find this one among others on the machine.
+                    "RAY_ADDRESS": self.address,
                     **(extra_env or {})}
         self.log = open(tmp_path / "ray-start.log", "w")
         self.proc = subprocess.Popen(
             [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
              "--port", str(gcs), "--node-manager-port", str(node_manager),
              "--object-manager-port", str(object_manager), "--ray-client-server-port",
-             str(client), "--include-dashboard", "false", "--num-cpus", "0",
+             str(client), "--num-cpus", "0",
+             *(["--include-dashboard", "true", "--dashboard-host", "127.0.0.1",
+                "--dashboard-port", str(dashboard_port)] if dashboard
+               else ["--include-dashboard", "false"]),
              "--object-store-memory", str(200 * 2**20), "--temp-dir", str(self.temp_dir),
              "--autoscaling-config", str(self.config_path), "--disable-usage-stats"],
             env=self.env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
