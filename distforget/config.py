@@ -267,8 +267,10 @@ class ResourcesConfig:
     # The trial's own process: with one worker it also runs the stages (and asks for this plus
     # the worker's resources); with several it only drives the worker group and waits.
     trial_cpus: float = knob(0.05, gt=0)
-    # Restarts after a process dies, each resuming the running stage from its last epoch: of a
-    # trial's actor (one worker: the stages run in it) or of a stage's worker group (several).
+    # Restarts after a process or node dies, each resuming the running stage from its last
+    # epoch: of a trial's actor (one worker: the stages run in it; on a lost node Tune retries
+    # the trial under the same id, reusing the stages it finished) or of a stage's worker group
+    # (several workers).
     max_failures: int = knob(2, ge=0)
 
 

@@ -3,7 +3,9 @@ trials finish, so fronts, reports and plots can be rebuilt without a GPU.
 
 Columns: ``trial_id``, ``parent_id`` (the trial a sweep point belongs to, or the point a
 confirmation run repeats), ``source`` (``trial`` and its soups ``sweep``: the method's search;
-``baseline``, with a searched baseline's soups; ``confirm``), ``status`` (ok or failed), ``error``, ``method``, every searched value under
+``baseline``, with a searched baseline's soups; ``confirm``), ``status`` (ok or failed),
+``error``, ``node_id`` (the Ray node the trial's own process last ran on; null outside Ray),
+``method``, every searched value under
 its config key (``forget.lr``, ...), ``alpha``/``beta`` (the soup), every metric and its
 ``base_`` twin, ``calib_*``, ``wall_s``, stage-cache hits and misses, ``train_steps``, and
 ``recipe``/``params`` as JSON.
@@ -21,7 +23,7 @@ from distforget import storage
 from distforget.objectives import METRICS
 
 FIXED_COLUMNS = (
-    ["trial_id", "parent_id", "source", "status", "error", "method", "alpha", "beta"]
+    ["trial_id", "parent_id", "source", "status", "error", "node_id", "method", "alpha", "beta"]
     + list(METRICS) + [f"base_{m}" for m in METRICS]
     + ["calib_forget_acc", "calib_retain_acc", "wall_s", "stage_cache_hits",
        "stage_cache_misses", "train_steps", "recipe", "params"])
@@ -87,7 +89,8 @@ def append_results(path: str, rows: Iterable[dict[str, Any]]) -> pd.DataFrame:
     df = _ordered(pd.concat(frames, ignore_index=True) if len(frames) > 1 else frames[0])
     for col in df.columns:  # parameters can mix types (None, floats, strings) across rows
         if df[col].dtype == object and col not in ("recipe", "params", "error", "trial_id",
-                                                   "parent_id", "source", "status", "method"):
+                                                   "parent_id", "source", "status", "method",
+                                                   "node_id"):
             kinds = {type(v) for v in df[col] if v is not None and v == v}
             if len(kinds) > 1:
                 df[col] = df[col].map(lambda v: None if v is None else str(v))

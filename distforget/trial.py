@@ -260,13 +260,14 @@ class TrialResult:
 
 def trial_record(*, trial_id: str, source: str, method: str, params: dict[str, Any],
                  result: TrialResult | None = None, error: str | None = None,
-                 parent_id: str | None = None) -> dict[str, Any]:
+                 parent_id: str | None = None, node_id: str | None = None) -> dict[str, Any]:
     """A trial's record (what ``trials/<id>.json`` holds and ``results.parquet`` rows come
     from): identity, status, params, and with a result every metric, the recipe, the stages and
-    the extra soups measured. ``parent_id`` names the point a confirmation run repeats."""
+    the extra soups measured. ``parent_id`` names the point a confirmation run repeats;
+    ``node_id`` the cluster node the trial's own process ran on (its last attempt's)."""
     record: dict[str, Any] = {"trial_id": trial_id, "parent_id": parent_id, "source": source,
                               "status": "ok" if error is None else "failed", "error": error,
-                              "method": method, "params": params}
+                              "method": method, "params": params, "node_id": node_id}
     if result is not None:
         record.update(result.record())
         record.update(recipe=result.recipe.to_dict(), stages=result.stages,

@@ -22,3 +22,14 @@ def test_append_never_duplicates_a_trial(tmp_path):
     failed = append_results(path, [{"trial_id": "t3", "status": "failed", "source": "trial",
                                     "error": "boom"}])
     assert failed.set_index("trial_id").loc["t3", "error"] == "boom"
+
+
+def test_the_node_a_trial_ran_on_is_a_column_of_its_rows_and_empty_outside_ray(tmp_path):
+    path = str(tmp_path / "results.parquet")
+    append_results(path, rows_from_record(record("t1")))  # an older record without node_id
+    df = append_results(path, rows_from_record(record("t2", node_id="ab" * 28)))
+    by_id = df.set_index("trial_id")["node_id"]
+    assert by_id["t2"] == by_id["t2~0"] == "ab" * 28  # a sweep point ran where its trial ran
+    assert by_id[["t1", "t1~0"]].isna().all()
+    assert list(df.columns[:6]) == ["trial_id", "parent_id", "source", "status", "error",
+                                    "node_id"]

@@ -22,10 +22,28 @@ def connect() -> None:
         return
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=True)
+        keep_train_coordinator_here()
     else:
         for k, v in TRAIN_ENV.items():
             os.environ.setdefault(k, v)
         ray.init(runtime_env={"env_vars": {k: os.environ[k] for k in TRAIN_ENV}})
+
+
+def keep_train_coordinator_here() -> None:
+    """Start Ray Train's autoscaling coordinator on this (the driver's) node, if it is not running.
+
+    Ray Train 2.60 starts a detached actor (``AutoscalingCoordinator``, 0 CPUs, restarted
+    forever) on the node of the first ``TorchTrainer`` that asks for workers. On an autoscaling
+    cluster that is a worker node, which then never counts as idle and is never removed, long
+    after the search (tests/distributed/test_autoscaling.py saw it). Started first from the
+    driver, it lives on the driver's node (the head under ``ray job submit``). Ray's own
+    function does it; on a Ray without it there is nothing to do."""
+    try:
+        from ray.data._internal.cluster_autoscaler.default_autoscaling_coordinator import (
+            get_or_create_autoscaling_coordinator)
+    except ImportError:
+        return
+    get_or_create_autoscaling_coordinator()
 
 
 def alive_nodes(nodes: list[dict] | None = None) -> list[dict]:

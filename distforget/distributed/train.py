@@ -232,7 +232,12 @@ def prepare_on_cluster(cfg: DistforgetConfig, here: bool = False
                        ) -> tuple[ray.ObjectRef, Prepared]:
     """Run ``prepare`` once, in this process (``here``: see ``cluster.driver_works``) or as a
     task with one worker's resources; its result is put in the object store for every trial.
-    Input errors raised in a task come back as themselves."""
+    Input errors raised in a task come back as themselves.
+
+    A task's result is put into the object store again from the driver, so that its primary
+    copy lives on the driver's node (the head) rather than on the worker node that ran the
+    task: when that node is lost (a preempted or scaled-down worker), trials still read their
+    inputs instead of waiting for Ray to run ``prepare`` again on CPUs the trials hold."""
     r = cfg.resources
     if here:
         set_torch_threads(r.cpus_per_worker)
@@ -241,8 +246,11 @@ def prepare_on_cluster(cfg: DistforgetConfig, here: bool = False
     ref = _prepare_task.options(num_cpus=r.cpus_per_worker,
                                 num_gpus=r.gpus_per_worker).remote(cfg.to_dict())
     try:
-        return ref, ray.get(ref)
+        prepared = ray.get(ref)
     except ray.exceptions.RayTaskError as exc:
         if isinstance(exc.cause, DistforgetError):
             raise exc.cause from None
         raise
+    own = ray.put(prepared)
+    del ref, prepared  # frees the task's copies; the driver reads its own
+    return own, ray.get(own)

@@ -13,11 +13,14 @@ Which path a trial's stages take follows ``resources.workers`` (``cluster.in_act
   (``train/<trial_id>/snapshot.pt``); when the actor dies, Tune starts the trial again
   (``resources.max_failures`` times), finished stages come from the stage cache and the running
   one resumes from its last epoch. Each epoch's metrics are reported to Tune (for the tracking
-  callbacks). An error the stage code raised is recorded in the trial's record; a restarted
-  trial that finds it raises it again at once instead of repeating the work.
+  callbacks).
 - several workers: each stage is a Ray Train ``TorchTrainer`` (data-parallel, a dead worker
   replaced and its stage resumed by Ray Train) and evaluations are Ray tasks with one worker's
   resources (``distforget.distributed.train``).
+
+On either path Tune starts a trial whose process died (a lost node) again under the same id,
+``resources.max_failures`` times. An error the trial's own code raised is in its record; a
+restarted trial that finds it raises it again at once instead of repeating the work.
 """
 
 from __future__ import annotations
@@ -68,13 +71,13 @@ def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
     cfg = space.trial_config(base, params) if space is not None else replace(base, params)
     folder = RunFolder(shared["run"])
     cache = StageCache(folder.stages)
+    earlier = folder.read_trial_record(trial_id)
+    if earlier is not None and earlier.get("error"):
+        # Tune started this trial again after its own code raised (a lost process or node
+        # writes no record): the same error again, without repeating the work.
+        raise StageFailed(earlier["error"])
     if here:
         # The stages and evaluations run in this actor, which holds a worker's resources.
-        earlier = folder.read_trial_record(trial_id)
-        if earlier is not None and earlier.get("error"):
-            # Tune started this trial again after its own code raised (not a lost actor, which
-            # writes no record): the same error again, without repeating the work.
-            raise StageFailed(earlier["error"])
         device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
         # Every stage epoch is a Tune result for the tracking callbacks.
         on_epoch = ((lambda m: ray.tune.report(epoch_metrics(m["stage"], m["epoch"], m)))
@@ -86,7 +89,8 @@ def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
         launch = ray_launcher(prepared_ref, cache, cfg.resources, folder.train, trial_id)
         evaluate = ray_evaluator(prepared_ref, cache, cfg.resources, cfg.model.precision)
     ident = {"trial_id": trial_id, "source": shared["source"], "method": cfg.method,
-             "params": params, "parent_id": shared.get("parent_id")}
+             "params": params, "parent_id": shared.get("parent_id"),
+             "node_id": ray.get_runtime_context().get_node_id()}
     setup_s = time.perf_counter() - clock
     try:
         result = run_trial(prepared, cfg, launch=launch, cache=cache, evaluate=evaluate,

@@ -25,7 +25,7 @@ from ray.tune.progress_reporter import ProgressReporter
 from ray.tune.experiment import Trial
 
 from distforget.config import RunConfig
-from distforget.distributed.cluster import (check_storage, connect, driver_works, in_actor,
+from distforget.distributed.cluster import (check_storage, connect, driver_works,
                                             max_concurrent, trial_resources)
 from distforget.distributed.tracking import check_trackers, tune_callbacks
 from distforget.distributed.train import driver_device, prepare_on_cluster, ray_evaluator
@@ -119,11 +119,11 @@ class Driver:
             run_config=tune.RunConfig(
                 name=self.folder.attempt(prefix), storage_path=self.folder.root,
                 callbacks=[writer, StopOnSignal(), *self.tracking],
-                # A trial that runs in its actor is started again when the actor dies (as Ray
-                # Train restarts a worker group): finished stages come from the stage cache and
-                # the running one resumes from its snapshot.
-                failure_config=tune.FailureConfig(max_failures=(
-                    self.cfg.resources.max_failures if in_actor(self.cfg.resources) else 0)),
+                # A trial whose process dies (its actor, or its node lost) is started again
+                # under the same trial id: the stages it finished are in the stage cache and a
+                # running one resumes from its last snapshot or checkpoint. A trial whose own
+                # code raised finds its error in its record and raises it again at once.
+                failure_config=tune.FailureConfig(max_failures=self.cfg.resources.max_failures),
                 progress_reporter=TrialTable(params), verbose=2 if self.cfg.output.verbose
                 else 1))
         with self.interrupts.deferred():

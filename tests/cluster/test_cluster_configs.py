@@ -284,6 +284,22 @@ def test_launcher_installs_distforget_and_keeps_token_auth(name):
     assert config["file_mounts"].get("~/.ray/auth_token") == "~/.ray/auth_token"
 
 
+def test_local_autoscaling_config_matches_ray_schema_and_scales_a_cpu_worker_from_zero():
+    # Only the schema check: `ray up`'s prepare_config fills defaults from the fake provider's
+    # example.yaml, which Ray's wheel does not ship. tests/distributed/test_autoscaling.py
+    # starts this file with `ray start --head --autoscaling-config`.
+    config = load_launcher("local-autoscaling.yaml")
+    validate_config(config)
+    assert config["provider"]["type"] == "fake_multinode"
+    assert config["provider"]["use_node_id_as_ip"] and config["provider"]["disable_node_updaters"]
+    types = config["available_node_types"]
+    assert types[config["head_node_type"]]["resources"] == {"CPU": 0}
+    worker = types["cpu-worker"]
+    assert (worker["min_workers"], worker["max_workers"]) == (0, 2)
+    assert worker["resources"]["CPU"] >= 1  # one trial at the default resources
+    assert 0 < config["idle_timeout_minutes"] <= 1
+
+
 @pytest.mark.parametrize("name", LAUNCHER_FILES)
 def test_launcher_image_matches_installed_ray(name):
     # `ray up` and the job client expect the cluster to run the same Ray version.
