@@ -98,6 +98,8 @@ def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
                            log=lambda msg: print(f"[{trial_id}] {msg}"), diagnose=True)
     except Exception as exc:
         folder.write_trial_record(trial_record(**ident, error=f"{type(exc).__name__}: {exc}"))
+        if here:  # the trial ends here: its running stage's snapshot resumes nothing
+            storage.remove_tree(storage.join(folder.train, trial_id))
         raise
     record = trial_record(**ident, result=result)
     # Where the trial's time went (bench/overhead.py reads it): wall-clock start and end, the
