@@ -19,6 +19,7 @@ from optuna.storages.journal import JournalFileBackend
 from tests.distributed.test_search import overrides
 
 pytestmark = pytest.mark.ray  # the search starts its own Ray
+TRIALS = 12
 
 
 @pytest.mark.slow
@@ -26,7 +27,9 @@ pytestmark = pytest.mark.ray  # the search starts its own Ray
 def test_a_signal_stops_the_search_and_keeps_its_finished_trials(tmp_path, sig):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     env.pop("RAY_ADDRESS", None)
-    args = overrides(tmp_path / "runs", **{"search.baselines": []})
+    # Enough trials that the signal, sent once the first record is written, lands mid-search
+    # (one-worker trials of this size take seconds each).
+    args = overrides(tmp_path / "runs", **{"search.baselines": [], "search.num_trials": TRIALS})
     run = tmp_path / "runs" / "embedded-default"
     console = tmp_path / "console.txt"
     with open(console, "w") as out:
@@ -58,11 +61,11 @@ def test_a_signal_stops_the_search_and_keeps_its_finished_trials(tmp_path, sig):
     results = pd.read_parquet(run / "results.parquet")
     trials = results[results["source"] == "trial"]
     k = len(trials)
-    assert 1 <= k < 3 and trials["trial_id"].is_unique
+    assert 1 <= k < TRIALS and trials["trial_id"].is_unique
     for tid in trials["trial_id"]:  # every recorded trial is one that wrote its record
         assert (run / "trials" / f"{tid}.json").is_file()
     report = (run / "report.md").read_text().splitlines()
-    assert report[2].startswith(f"**Interrupted** ({sig.name}) after {k} of 3 trials"), report[:4]
+    assert report[2].startswith(f"**Interrupted** ({sig.name}) after {k} of {TRIALS} trials"), report[:4]
     assert not (run / "best").exists()
     assert "interrupted by " + sig.name in (run / "search.log").read_text()
 
