@@ -84,6 +84,15 @@ def meets_target(metrics: dict) -> bool:
             and z >= TARGET["zeroshot_acc"] * base_z - eps)
 
 
+def chosen_metrics(exported: dict) -> dict:
+    """One flat dict from ``best/distforget.json``: the chosen point's validation values
+    (``forget_acc``, ...), its test values with intervals (``test_forget_acc``, ``_lo``/``_hi``)
+    and the base model's (``base_*`` on validation, ``test_base_*`` on test)."""
+    base = exported.get("base", {})
+    return {**exported.get("validation", {}), **exported.get("test", {}),
+            **base.get("validation", {}), **base.get("test", {})}
+
+
 def gap(metrics: dict, reference: dict | None) -> float | None:
     if reference is None:
         return None
@@ -194,7 +203,7 @@ def run_one(name: str, seed: int, args) -> dict:
         print(f"{run_name}: {result['status']}", flush=True)
         return result
     chosen = json.loads(best.read_text())
-    result.update(metrics=chosen["metrics"], why=chosen.get("why"),
+    result.update(metrics=chosen_metrics(chosen), why=chosen.get("why"),
                   trial_id=chosen.get("trial_id"))
     if args.retrain:
         start = time.perf_counter()

@@ -2,8 +2,8 @@
 
 import pytest
 
-from bench.suite import (BEGIN, END, SCENARIOS, meets_target, scenario_rows, seed_rows, value,
-                         write_section)
+from bench.suite import (BEGIN, END, SCENARIOS, chosen_metrics, meets_target, scenario_rows,
+                         seed_rows, value, write_section)
 from distforget.config import read_yaml
 
 BASE = {"base_forget_acc": 0.9, "base_retain_acc": 0.8, "base_zeroshot_acc": 0.9}
@@ -29,6 +29,24 @@ def test_test_values_win_over_validation_values():
          "test_forget_acc_hi": 0.2}
     assert value(m, "forget_acc") == (0.1, 0.05, 0.2, True)
     assert value({"forget_acc": 0.0}, "forget_acc") == (0.0, None, None, False)
+
+
+def test_the_exported_point_is_judged_on_test_against_the_base_on_test():
+    # best/distforget.json's layout: validation and test sections, the base model's in each.
+    exported = {
+        "validation": {"forget_acc": 0.0, "retain_acc": 0.80, "zeroshot_acc": 0.99},
+        "test": {"test_forget_acc": 0.0, "test_retain_acc": 0.817, "test_zeroshot_acc": 0.964,
+                 "test_retain_acc_lo": 0.70, "test_retain_acc_hi": 0.89},
+        "base": {"validation": {"base_forget_acc": 0.93, "base_retain_acc": 0.85,
+                                "base_zeroshot_acc": 0.98},
+                 "test": {"test_base_forget_acc": 0.9, "test_base_retain_acc": 0.917,
+                          "test_base_zeroshot_acc": 0.96}}}
+    m = chosen_metrics(exported)
+    assert value(m, "retain_acc") == (0.817, 0.70, 0.89, True)
+    # 0.817 >= 0.9 x 0.85 (validation base) but < 0.9 x 0.917 (test base): missed on test.
+    assert not meets_target(m)
+    exported["test"]["test_retain_acc"] = 0.83
+    assert meets_target(chosen_metrics(exported))
 
 
 @pytest.mark.parametrize("f, r, z, ok", [

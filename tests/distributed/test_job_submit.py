@@ -11,7 +11,6 @@ started. (``ray stop`` would stop every Ray on the machine, other people's inclu
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -24,9 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-import ray  # noqa: F401  (puts Ray's vendored psutil on sys.path when psutil is not installed)
-import psutil  # noqa: E402
-
+from tests.distributed.processes import free_ports, stop_tree
 from tests.factories import SEARCHABLE
 
 pytestmark = pytest.mark.ray  # every test here starts or joins Ray
@@ -37,17 +34,6 @@ RAY = str(BIN / "ray")
 JOB = {**SEARCHABLE, "search.num_trials": 2, "search.baselines": [], "search.sampler": "random",
        "search.confirm_seeds": 0,
        "forget.epochs": 1, "remind.epochs": 1}
-
-
-def free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    try:
-        for s in socks:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
 
 
 class Head:
@@ -118,30 +104,14 @@ class Head:
     def stop(self) -> None:
         """Stop this head: every process of the tree ``ray start --block`` started (raylet and
         GCS, dashboard, workers, job drivers), SIGTERM first, then SIGKILL; nothing else."""
-        try:
-            root = psutil.Process(self.proc.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.NoSuchProcess:
-            procs = []
-        for p in reversed(procs):
-            try:
-                p.terminate()
-            except psutil.NoSuchProcess:
-                pass
-        _, alive = psutil.wait_procs(procs, timeout=20)
-        for p in alive:
-            try:
-                p.kill()
-            except psutil.NoSuchProcess:
-                pass
-        psutil.wait_procs(alive, timeout=10)
+        left = stop_tree(self.proc.pid)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
         self.log.close()
-        self.left = [p for p in procs if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+        self.left = left
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
