@@ -57,9 +57,10 @@ def test_a_search_scales_the_worker_type_up_and_idle_workers_are_removed(tmp_pat
         trials = results[results["source"] == "trial"]
         assert len(trials) == 2 and trials["trial_id"].is_unique
         assert (trials["status"] == "ok").all()
+        # (Both may run on one of them: a one-worker trial takes seconds, and Tune may give
+        # the second trial the first one's actor before the second node is up.)
         assert set(trials["node_id"]) <= seen, (set(trials["node_id"]), seen)
-        assert trials["node_id"].nunique() == 2  # one trial on each worker node
-        assert HEAD_NODE_ID not in set(trials["node_id"])
+        assert trials["node_id"].notna().all() and HEAD_NODE_ID not in set(trials["node_id"])
         for name in ("pareto.parquet", "pareto.csv", "pareto.png", "report.md",
                      "optuna.journal", "best/model.safetensors", "best/distforget.json"):
             assert (run / name).is_file(), name

@@ -98,9 +98,11 @@ def test_a_worker_node_lost_mid_search_retries_its_trial_on_a_live_node(tmp_path
     assert len(trials) == 2 and trials["trial_id"].is_unique, trials[["trial_id", "status"]]
     assert (trials["status"] == "ok").all()
     assert victim not in set(trials["node_id"]) and HEAD_NODE_ID not in set(trials["node_id"])
-    # The trial that lost its node was started again from the forget stage it had finished
-    # (a stage-cache hit), not from scratch; the other one never restarted.
-    assert sorted(trials["stage_cache_hits"]) == [0, 1], trials[["trial_id", "stage_cache_hits"]]
+    # The trial that lost its node was started again from the stages it had finished (its
+    # forget stage, and its remind stage too when the lost node's orphaned trial process still
+    # finished it into the shared stage cache), not from scratch; the other never restarted.
+    hits = sorted(trials["stage_cache_hits"])
+    assert hits[0] == 0 and hits[1] >= 1, trials[["trial_id", "stage_cache_hits"]]
     assert len(stage_outputs(run, "forget")) == 2 and len(stage_outputs(run, "remind")) == 2
     for name in ("report.md", "pareto.parquet", "best/model.safetensors"):
         assert (run / name).is_file(), name
