@@ -21,7 +21,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.distributed.processes import free_ports, stop_tree, tree
+from tests.distributed.processes import free_ports, stop_process, stop_tree, tree
 
 REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -113,12 +113,7 @@ class FakeCluster:
         return logs[0].read_text() if logs else ""
 
     def stop(self) -> list:
-        left = stop_tree(self.proc.pid)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        left = stop_process(self.proc)
         self.log.close()
         shutil.rmtree(self.temp_dir, ignore_errors=True)
         return left

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import threading
 import time
 from typing import Callable
 
@@ -36,7 +37,13 @@ def wait_for(check: Callable[[], object], timeout: float, what: str, poll: float
             raise AssertionError(f"{what}: the process exited with {proc.returncode} first")
         if time.monotonic() > deadline:
             raise AssertionError(f"{what}: not within {timeout:.0f} s")
-        time.sleep(poll)
+        if proc is not None:  # wakes at once when the process exits
+            try:
+                proc.wait(timeout=poll)
+            except subprocess.TimeoutExpired:
+                pass
+        else:
+            threading.Event().wait(poll)
 
 
 def tree(pid: int) -> list[psutil.Process]:
@@ -71,4 +78,16 @@ def stop_tree(pid: int, timeout: float = 20) -> list[psutil.Process]:
                 left.append(p)
         except psutil.NoSuchProcess:
             pass
+    return left
+
+
+def stop_process(proc: subprocess.Popen) -> list[psutil.Process]:
+    """Stop ``proc`` and its whole tree (``stop_tree``), then reap it; returns the processes
+    still running."""
+    left = stop_tree(proc.pid)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
     return left

@@ -23,7 +23,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tests.distributed.processes import free_ports, stop_tree
+from tests.distributed.processes import free_ports, stop_process
 from tests.factories import SEARCHABLE
 
 pytestmark = pytest.mark.ray  # every test here starts or joins Ray
@@ -104,14 +104,8 @@ class Head:
     def stop(self) -> None:
         """Stop this head: every process of the tree ``ray start --block`` started (raylet and
         GCS, dashboard, workers, job drivers), SIGTERM first, then SIGKILL; nothing else."""
-        left = stop_tree(self.proc.pid)
-        try:
-            self.proc.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        self.left = stop_process(self.proc)
         self.log.close()
-        self.left = left
         shutil.rmtree(self.temp_dir, ignore_errors=True)
 
 
