@@ -235,10 +235,16 @@ class SearchConfig:
     # base model's validation value ("*base"). Handed to Optuna's sampler as constraints, and
     # what pick "target" picks by.
     target: str = DEFAULT_TARGET
-    # Rule that picks the exported point among validation points: "target" (meets the target,
-    # then the highest zeroshot_acc, then retain_acc; else the nearest to it, said plainly),
-    # "knee", or constraints then an objective, e.g. "forget_acc<=0.05, max zeroshot_acc".
+    # Rule that picks the exported point among validation points: "target" (meets the target
+    # by pick_margin, then the highest zeroshot_acc, then retain_acc; else the nearest to it,
+    # said plainly), "knee", or constraints then an objective, e.g.
+    # "forget_acc<=0.05, max zeroshot_acc".
     pick: str = "target"
+    # For pick "target": how many standard errors of its validation estimate (a binomial
+    # proportion at the threshold over that metric's validation images) a point must clear
+    # every constraint by to be chosen for its zero-shot accuracy; when none does, the
+    # feasible point with the largest margin is chosen. 0: any point that meets the target.
+    pick_margin: float = knob(1.0, ge=0)
     # The chosen recipe is trained again with this many further stage seeds (its test metrics
     # per seed, their mean and spread, and whether the target holds on each, are reported).
     confirm_seeds: int = knob(2, ge=0)

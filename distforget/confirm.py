@@ -23,8 +23,8 @@ import pandas as pd
 
 from distforget.config import RunConfig
 from distforget.errors import DistforgetError
-from distforget.objectives import (ACCURACIES, METRICS, Constraint, parse_target, shortfalls,
-                                   as_test)
+from distforget.objectives import (ACCURACIES, METRICS, Constraint, as_test, parse_target,
+                                   shortfalls, validation_sizes)
 from distforget.pareto import pareto_front, pick, usable
 from distforget.results import write_table
 from distforget.run_folder import RunFolder
@@ -65,13 +65,15 @@ def failed_search(results: pd.DataFrame) -> None:
                            f"common error ({errors.iloc[0]} trials): {errors.index[0]}")
 
 
-def choose(results: pd.DataFrame, cfg: RunConfig, base: Mapping[str, float]
-           ) -> tuple[pd.Series | None, str]:
-    """The point the pick rule chooses among the method's validation rows, and why."""
+def choose(results: pd.DataFrame, cfg: RunConfig, base: Mapping[str, float],
+           sizes: Mapping[str, int] | None = None) -> tuple[pd.Series | None, str]:
+    """The point the pick rule chooses among the method's validation rows, and why
+    (``sizes``: validation images per metric, for the target rule's margin)."""
     rows = results[results["source"].isin(METHOD_SOURCES)]
     if usable(rows).empty:
         return None, ""
-    return pick(rows, cfg.search.pick, target=parse_target(cfg.search.target), base=base)
+    return pick(rows, cfg.search.pick, target=parse_target(cfg.search.target), base=base,
+                sizes=sizes, margin=cfg.search.pick_margin)
 
 
 def confirmation_params(row: Mapping[str, Any], base_cfg: RunConfig, seeds: int
@@ -86,13 +88,14 @@ def confirmation_params(row: Mapping[str, Any], base_cfg: RunConfig, seeds: int
             for i in range(1, seeds + 1)]
 
 
-def baseline_picks(results: pd.DataFrame, cfg: RunConfig, base: Mapping[str, float]
-                   ) -> dict[str, pd.Series]:
+def baseline_picks(results: pd.DataFrame, cfg: RunConfig, base: Mapping[str, float],
+                   sizes: Mapping[str, int] | None = None) -> dict[str, pd.Series]:
     """Each baseline's point, chosen among its own rows (its trials and soups) by the same
     rule on validation."""
     rows = usable(results[results["source"] == "baseline"])
     target = parse_target(cfg.search.target)
-    return {method: pick(group, cfg.search.pick, target=target, base=base)[0]
+    return {method: pick(group, cfg.search.pick, target=target, base=base, sizes=sizes,
+                         margin=cfg.search.pick_margin)[0]
             for method, group in rows.groupby("method", sort=True)}
 
 
@@ -165,9 +168,10 @@ def finish(folder: RunFolder, cfg: RunConfig, *, evaluate: Evaluate,
     already has are not run again."""
     info = folder.read_info()
     base_val = info["base_metrics"]
+    sizes = validation_sizes(info.get("prepared", {}).get("splits"))
     target = parse_target(cfg.search.target)
     results = folder.read_results()
-    chosen, why = choose(results, cfg, base_val)
+    chosen, why = choose(results, cfg, base_val, sizes)
     if chosen is None:
         return {"chosen": None, "why": "", "confirmation": None}
     done = int(((results["source"] == CONFIRM) & (results["parent_id"] == chosen["trial_id"]))
@@ -179,7 +183,7 @@ def finish(folder: RunFolder, cfg: RunConfig, *, evaluate: Evaluate,
         results = folder.read_results()
 
     # The choice is made: now, and only now, the test images are read.
-    picks = baseline_picks(results, cfg, base_val)
+    picks = baseline_picks(results, cfg, base_val, sizes)
     todo = rows_to_test(results, chosen["trial_id"], [r["trial_id"] for r in picks.values()])
     from distforget.trial import Recipe
 

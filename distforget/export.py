@@ -33,7 +33,8 @@ if TYPE_CHECKING:
 def select(run: str, *, rule: str | None = None, trial: str | None = None
            ) -> tuple["pd.Series", str]:
     """The row of ``results.parquet`` a rule picks, or the named trial, and why."""
-    from distforget.objectives import parse_target
+    from distforget.config import SearchConfig
+    from distforget.objectives import parse_target, validation_sizes
     from distforget.pareto import pick
     from distforget.run_folder import RunFolder
 
@@ -54,7 +55,9 @@ def select(run: str, *, rule: str | None = None, trial: str | None = None
     search = info["config"]["search"]
     method_rows = results[results["source"].isin(["trial", "sweep"])]
     return pick(method_rows, rule or search["pick"], target=parse_target(search["target"]),
-                base=info["base_metrics"])
+                base=info["base_metrics"],
+                sizes=validation_sizes(info.get("prepared", {}).get("splits")),
+                margin=float(search.get("pick_margin", SearchConfig.pick_margin)))
 
 
 def point_record(row: Mapping[str, Any], info: Mapping[str, Any], why: str,

@@ -8,8 +8,13 @@ relative to the base model's validation value::
     forget_acc<=0.05, retain_acc>=0.9*base, zeroshot_acc>=0.95*base
 
 A **pick rule** chooses the exported point: ``target`` (the default: among points that meet the
-target, the highest ``zeroshot_acc``, then ``retain_acc``), ``knee``, or constraints then an
-objective, e.g. ``forget_acc<=0.05, max zeroshot_acc``.
+target by a margin, the highest ``zeroshot_acc``, then ``retain_acc``; see ``pareto.pick``),
+``knee``, or constraints then an objective, e.g. ``forget_acc<=0.05, max zeroshot_acc``.
+
+A point's **margin** to the target is its smallest slack over the constraints, each in standard
+errors of a binomial proportion at the constraint's threshold over the validation images behind
+that metric (``validation_sizes``): how far, in units of the validation sample's noise, the point
+is from missing the target.
 """
 
 from __future__ import annotations
@@ -135,6 +140,38 @@ def constraint_gaps(metrics: Mapping[str, float], target: Sequence[Constraint],
         value = metrics.get(c.metric)
         value = float("nan") if value is None else float(value)
         out.append(1.0 if value != value else c.gap(value, base))
+    return out
+
+
+# The validation split behind each accuracy (run.json's prepared.splits names them val_<split>).
+VALIDATION_SPLITS = {"forget_acc": "val_forget", "retain_acc": "val_retain",
+                     "zeroshot_acc": "val_zeroshot"}
+
+
+def validation_sizes(splits: Mapping[str, int] | None) -> dict[str, int]:
+    """Validation images per accuracy metric, from a split summary (``run.json``'s
+    ``prepared.splits``); metrics whose split is missing are left out."""
+    splits = splits or {}
+    return {m: int(splits[s]) for m, s in VALIDATION_SPLITS.items() if splits.get(s)}
+
+
+def margins(rows: Sequence[Mapping[str, float]], target: Sequence[Constraint],
+            base: Mapping[str, float] | None, sizes: Mapping[str, int] | None) -> list[float]:
+    """Each row's margin to the target in standard errors (see the module docstring): the
+    smallest over the constraints of ``slack / sqrt(p (1 - p) / n)``, ``p`` the threshold
+    (kept at least half an image from 0 and 1), ``n`` the metric's validation images. A
+    constraint whose metric has no known size does not limit the margin (``inf`` when none
+    does); a missed constraint gives a negative margin."""
+    out = []
+    for row in rows:
+        worst = float("inf")
+        for c, gap in zip(target, constraint_gaps(row, target, base)):
+            n = (sizes or {}).get(c.metric)
+            if not n:
+                continue
+            p = min(max(c.threshold(base), 0.5 / n), 1 - 0.5 / n)
+            worst = min(worst, -gap / (p * (1 - p) / n) ** 0.5)
+        out.append(worst)
     return out
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from distforget.errors import ConfigError
-from distforget.objectives import OBJECTIVES, Constraint, parse_rule, shortfalls
+from distforget.objectives import OBJECTIVES, Constraint, margins, parse_rule, shortfalls
 
 
 def to_minimize(table: pd.DataFrame, objectives: dict[str, str] = OBJECTIVES) -> np.ndarray:
@@ -144,13 +144,19 @@ def violations(rows: pd.DataFrame, constraints: Sequence[Constraint],
 
 
 def pick(table: pd.DataFrame, rule: str, *, target: Sequence[Constraint] = (),
-         base: Mapping[str, float] | None = None) -> tuple[pd.Series, str]:
+         base: Mapping[str, float] | None = None, sizes: Mapping[str, int] | None = None,
+         margin: float = 0.0) -> tuple[pd.Series, str]:
     """The row a rule picks among usable rows, and a sentence saying why.
 
-    ``target``: among rows meeting every constraint of ``target`` (thresholds relative to
-    ``base``, the base model's validation metrics), the highest ``zeroshot_acc``, then
-    ``retain_acc``, then the lowest ``forget_acc``; if none meets it, the row with the smallest
-    total shortfall, and the sentence says by how much the target is missed. ``knee``: see
+    ``target``: among rows that meet every constraint of ``target`` (thresholds relative to
+    ``base``, the base model's validation metrics) by at least ``margin`` standard errors
+    (``objectives.margins``; ``sizes``: validation images per metric), the highest
+    ``zeroshot_acc``, then ``retain_acc``, then the lowest ``forget_acc``. If rows meet the
+    target but none by that margin, the one with the largest margin: the point most likely to
+    meet it again on new images, where a point just over a threshold (one image on 60) would
+    miss it as often as not. If none meets it, the row with the smallest total shortfall, and
+    the sentence says by how much the target is missed. Without ``sizes`` (or with ``margin``
+    0) the margin asks nothing. ``knee``: see
     ``knee``. Constraint rules: among rows meeting every constraint, the best by the objective;
     if none meets them, the row with the smallest total violation (ties: best objective)."""
     rows = usable(table)
@@ -169,11 +175,21 @@ def pick(table: pd.DataFrame, rule: str, *, target: Sequence[Constraint] = (),
                    ("zeroshot_acc", "retain_acc", "forget_acc"))
         text = ", ".join(str(c) for c in target)
         feasible = violation == 0
-        if feasible.any():
-            order = np.lexsort((f, -r, -z, ~feasible))
+        slack = np.array(margins([r_.to_dict() for _, r_ in rows.iterrows()], target, base,
+                                 sizes))
+        confident = feasible & (slack >= margin)
+        if confident.any():
+            order = np.lexsort((f, -r, -z, ~confident))
+            by = (f" by at least {margin:g} standard errors" if margin > 0 and sizes else "")
             return rows.iloc[order[0]], (
-                f"the highest zeroshot_acc (then retain_acc) among the {int(feasible.sum())} "
-                f"validation points that meet the target {text!r}")
+                f"the highest zeroshot_acc (then retain_acc) among the {int(confident.sum())} "
+                f"validation points that meet the target {text!r}{by}")
+        if feasible.any():
+            order = np.lexsort((-r, -z, -slack, ~feasible))
+            return rows.iloc[order[0]], (
+                f"the largest margin ({slack[order[0]]:.2f} standard errors) among the "
+                f"{int(feasible.sum())} validation points that meet the target {text!r}; none "
+                f"meets it by {margin:g}")
         idx = np.lexsort((-z, violation))[0]
         missed = "; ".join(shortfalls(rows.iloc[idx].to_dict(), target, base))
         return rows.iloc[idx], (f"TARGET NOT MET: no validation point meets {text!r}; this is "

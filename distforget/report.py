@@ -15,8 +15,8 @@ import numbers
 from typing import TYPE_CHECKING, Any
 
 from distforget.cli import run_cli
-from distforget.objectives import (ACCURACIES, METRICS, OBJECTIVES, parse_target, shortfalls,
-                                   as_test)
+from distforget.objectives import (ACCURACIES, METRICS, OBJECTIVES, as_test, parse_target,
+                                   shortfalls, validation_sizes)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -147,7 +147,8 @@ def build_report(run: str, rule: str | None = None, interrupted: dict | None = N
     write_table(folder.path(folder.PARETO), front)
     storage.write_bytes(folder.path(folder.PARETO_CSV), front.to_csv(index=False).encode())
 
-    chosen, why = choose(results, cfg, base)
+    sizes = validation_sizes(info.get("prepared", {}).get("splits"))
+    chosen, why = choose(results, cfg, base, sizes)
     ref = reference_point(base)
     hv_raw = hypervolume(to_minimize(usable(method_rows)), ref)
     hv = normalized_hypervolume(method_rows, base)
@@ -217,7 +218,7 @@ def build_report(run: str, rule: str | None = None, interrupted: dict | None = N
     if not baselines.empty:
         rows = [{**best.to_dict(), "hypervolume": normalized_hypervolume(
                     baselines[baselines["method"] == method], base)}
-                for method, best in baseline_picks(results, cfg, base).items()]
+                for method, best in baseline_picks(results, cfg, base, sizes).items()]
         lines += ["## Baselines", "", "Each baseline's point chosen by the same rule on "
                   "validation, on the same splits, with its test metrics and normalised "
                   "hypervolume (validation).", "",

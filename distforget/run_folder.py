@@ -41,6 +41,7 @@ from distforget.study import add_sweep_points, objective_values, set_constraints
 
 # Keys that may change between a search and its resumption.
 RESUMABLE = {("search", "num_trials"), ("search", "max_concurrent_trials"), ("search", "pick"),
+             ("search", "pick_margin"),
              ("resources",), ("output", "storage"), ("output", "shared"),
              ("output", "callbacks"), ("output", "verbose")}
 

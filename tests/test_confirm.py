@@ -39,6 +39,7 @@ def image_reads(monkeypatch):
 
     def recording_pick(*args, **kwargs):
         events.append("pick")
+        events.append(kwargs.get("sizes"))
         return real_pick(*args, **kwargs)
 
     monkeypatch.setattr(Evaluator, "_features", counting)
@@ -76,6 +77,10 @@ def test_the_choice_is_made_before_any_test_image_is_read(tiny_prepared, tiny_cf
     out = confirm.finish(folder, cfg, evaluate=evaluate, run_confirmations=run_confirmations,
                          log=lambda msg: None)
     assert events[0] == "pick" and "test read" in events
+    # The pick weighs each metric by the validation images behind it, read from run.json.
+    splits = tiny_prepared.scenario.summary()
+    assert events[1] == {"forget_acc": splits["val_forget"], "retain_acc": splits["val_retain"],
+                         "zeroshot_acc": splits["val_zeroshot"]}
     assert events.index("pick") < events.index("test read")
     assert reads["test_forget"] > 0 and reads["test_zeroshot"] > 0
 

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from distforget.errors import ConfigError
-from distforget.objectives import parse_rule, parse_target
+from distforget.objectives import margins, parse_rule, parse_target, validation_sizes
 from distforget.pareto import (hypervolume, knee, non_dominated, normalized_hypervolume,
                                pareto_front, pick, to_minimize)
 
@@ -106,6 +106,44 @@ def test_the_target_pick_prefers_zero_shot_then_retain_among_feasible_points():
     assert row["trial_id"] == "c"
     row, _ = pick(t[t["trial_id"] != "c"], "target", target=TARGET, base=BASE)
     assert row["trial_id"] == "b"
+
+
+# Validation images behind each accuracy, as run.json's prepared.splits gives them.
+SIZES = validation_sizes({"val_forget": 30, "val_retain": 60, "val_zeroshot": 500})
+
+
+def test_the_target_pick_passes_over_a_point_just_over_a_threshold_for_one_with_a_margin():
+    # Retain threshold 0.72 on 60 images: one standard error is 0.058. "edge" clears it by
+    # 0.01 (under one image) for 0.002 more zero-shot accuracy than "clear" (0.10 above).
+    t = table([("edge", 0.0, 0.73, 0.952), ("clear", 0.0, 0.82, 0.950)])
+    assert pick(t, "target", target=TARGET, base=BASE)[0]["trial_id"] == "edge"
+    assert pick(t, "target", target=TARGET, base=BASE, sizes=SIZES,
+                margin=0.0)[0]["trial_id"] == "edge"
+    row, why = pick(t, "target", target=TARGET, base=BASE, sizes=SIZES, margin=1.0)
+    assert row["trial_id"] == "clear"
+    assert "among the 1 validation points that meet the target" in why
+    assert "by at least 1 standard errors" in why
+
+
+def test_without_a_point_clear_by_the_margin_the_largest_margin_is_picked_and_said():
+    # Forget 1 of 30 (0.033) clears 0.05 by 0.4 standard errors; 0 of 30 by 1.26, but "zero"
+    # sits 0.02 over the retain threshold (0.34 standard errors): "one" has the larger margin.
+    t = table([("one", 0.033, 0.80, 0.95), ("zero", 0.0, 0.74, 0.96), ("miss", 0.1, 0.9, 0.96)])
+    row, why = pick(t, "target", target=TARGET, base=BASE, sizes=SIZES, margin=1.0)
+    assert row["trial_id"] == "one"
+    assert why.startswith("the largest margin (0.4") and "none meets it by 1" in why
+    assert pick(t, "target", target=TARGET, base=BASE, sizes=SIZES,
+                margin=0.3)[0]["trial_id"] == "zero"
+
+
+def test_margins_are_in_standard_errors_at_the_threshold():
+    row = {"forget_acc": 0.0, "retain_acc": 0.72 + 0.0579, "zeroshot_acc": 0.9}
+    (m,) = margins([row], TARGET, BASE, SIZES)
+    assert m == pytest.approx(0.0579 / (0.72 * 0.28 / 60) ** 0.5, rel=1e-3)
+    # A metric without a size does not limit the margin; a missed constraint is negative.
+    assert margins([row], TARGET, BASE, {}) == [float("inf")]
+    assert margins([{**row, "forget_acc": 0.2}], TARGET, BASE, SIZES)[0] < 0
+    assert validation_sizes(None) == {}
 
 
 def test_when_nothing_meets_the_target_the_nearest_point_is_named_with_its_shortfall():
