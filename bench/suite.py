@@ -168,6 +168,11 @@ def write_section(path: Path, body: str) -> None:
 
 # --- running -----------------------------------------------------------------------------------
 
+def recorded_minutes(runs: list[dict]) -> float:
+    """The search and retrain wall times the runs recorded, added up, in minutes."""
+    return sum(r.get("wall_s", 0.0) + r.get("retrain_wall_s", 0.0) for r in runs) / 60
+
+
 def run_one(name: str, seed: int, args) -> dict:
     """Search one scenario at one seed (and its retrain reference); the run's summary."""
     storage = Path(args.storage)
@@ -279,8 +284,9 @@ def main(argv: list[str] | None = None) -> int:
         f"{machine()}; {os.cpu_count()} cores; OMP_NUM_THREADS="
         f"{os.environ.get('OMP_NUM_THREADS', 'unset')}): {len(names)} scenario(s) x "
         f"{args.seeds} seed(s), {budget}; suite wall time {wall / 60:.1f} min"
-        + (f" ({reused} of {len(runs)} runs reused from an earlier call, with their recorded "
-           "times)" if (reused := sum(bool(r.get("reused")) for r in runs)) else "") + ".",
+        + (f" ({reused} of {len(runs)} runs reused from earlier calls; the runs' recorded "
+           f"search and retrain times add up to {recorded_minutes(runs):.1f} min)"
+           if (reused := sum(bool(r.get("reused")) for r in runs)) else "") + ".",
         "",
         "Smoke run: the pipeline end to end, not the suite's figures." if args.smoke else "",
         f"Chosen point per scenario, mean (min-max) over seeds; {note}. Target "

@@ -2,8 +2,8 @@
 
 import pytest
 
-from bench.suite import (BEGIN, END, SCENARIOS, chosen_metrics, meets_target, scenario_rows,
-                         seed_rows, value, write_section)
+from bench.suite import (BEGIN, END, SCENARIOS, chosen_metrics, meets_target, recorded_minutes,
+                         scenario_rows, seed_rows, value, write_section)
 from distforget.config import read_yaml
 
 BASE = {"base_forget_acc": 0.9, "base_retain_acc": 0.8, "base_zeroshot_acc": 0.9}
@@ -80,3 +80,8 @@ def test_the_section_is_replaced_in_place(tmp_path):
     text = path.read_text()
     assert text.count(BEGIN) == 1 and "second table" in text and "first table" not in text
     assert text.startswith("# results\n\n## 1. other\n\nkept\n") and text.rstrip().endswith(END)
+
+
+def test_reused_runs_count_with_their_recorded_search_and_retrain_times():
+    runs = [{"wall_s": 90.0, "retrain_wall_s": 30.0, "reused": True}, {"wall_s": 60.0}]
+    assert recorded_minutes(runs) == 3.0
