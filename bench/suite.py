@@ -119,7 +119,8 @@ def seed_rows(runs: list[dict]) -> pd.DataFrame:
             row["base F / R / Z"] = " / ".join(f"{value(m, f'base_{k}')[0]:.3f}"
                                                for k in ACCURACIES)
             row["target"] = "yes" if meets_target(m) else "no"
-            row["gap_to_retrain"] = gap(m, run.get("retrain"))
+            g = gap(m, run.get("retrain"))
+            row["gap_to_retrain"] = "-" if g is None else f"{g:.3f}"
         row.update({"search_s": round(run["wall_s"]),
                     "retrain_s": (round(run["retrain_wall_s"]) if "retrain_wall_s" in run
                                   else None), "status": run["status"]})
