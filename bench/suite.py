@@ -151,6 +151,28 @@ def scenario_rows(runs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def clip_rows(runs: list[dict], storage: Path) -> pd.DataFrame:
+    """One row per scenario: the small CLIP it pretrained (its first run's ``run.json``) and its
+    retrain reference's pretraining time (the first run that pretrained it, not a cache hit)."""
+    rows = []
+    for name in dict.fromkeys(r["scenario"] for r in runs):
+        mine = [r for r in runs if r["scenario"] == name]
+        info_path = storage / f"{name}-s{mine[0]['seed']}" / "run.json"
+        info = json.loads(info_path.read_text()).get("prepared", {}).get("pretrain") \
+            if info_path.is_file() else None
+        if not info:
+            continue
+        retrain = max((r.get("retrain", {}).get("retrain_pretrain_s", 0.0) for r in mine),
+                      default=0.0)
+        rows.append({"scenario": name, "train images": info["train_images"],
+                     "epochs": info["pretrain"]["epochs"],
+                     "zero-shot (held-out)": f"{info['zeroshot_acc']:.3f}",
+                     "held-out images": info["heldout_images"],
+                     "pretrain_s": round(info["wall_s"]),
+                     "retrain pretrain_s": round(retrain) if retrain else "-"})
+    return pd.DataFrame(rows)
+
+
 def markdown(df: pd.DataFrame) -> str:
     return markdown_table(df, list(df.columns))
 
@@ -300,7 +322,13 @@ def main(argv: list[str] | None = None) -> int:
         "Per seed:",
         "",
         markdown(per_seed.drop(columns=[c for c in ("test",) if c in per_seed])),
-    ])
+    ] + ([
+        "",
+        "The small CLIPs (cached by content, so later runs reuse them; `pretrain_s`: the wall "
+        "time the pretraining recorded, under whatever else ran then):",
+        "",
+        markdown(clips),
+    ] if len(clips := clip_rows(runs, Path(args.storage))) else []))
     print("\n" + body)
     if args.write:
         write_section(Path(args.results), body)

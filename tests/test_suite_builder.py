@@ -2,8 +2,8 @@
 
 import pytest
 
-from bench.suite import (BEGIN, END, SCENARIOS, chosen_metrics, meets_target, recorded_minutes,
-                         scenario_rows, seed_rows, value, write_section)
+from bench.suite import (BEGIN, END, SCENARIOS, chosen_metrics, clip_rows, meets_target,
+                         recorded_minutes, scenario_rows, seed_rows, value, write_section)
 from distforget.config import read_yaml
 
 BASE = {"base_forget_acc": 0.9, "base_retain_acc": 0.8, "base_zeroshot_acc": 0.9}
@@ -85,3 +85,20 @@ def test_the_section_is_replaced_in_place(tmp_path):
 def test_reused_runs_count_with_their_recorded_search_and_retrain_times():
     runs = [{"wall_s": 90.0, "retrain_wall_s": 30.0, "reused": True}, {"wall_s": 60.0}]
     assert recorded_minutes(runs) == 3.0
+
+
+def test_the_clip_table_reads_each_scenarios_pretraining_from_its_first_run(tmp_path):
+    import json
+
+    folder = tmp_path / "embedded-s0"
+    folder.mkdir()
+    pretrain = {"pretrain": {"epochs": 12}, "train_images": 3840, "heldout_images": 1440,
+                "zeroshot_acc": 0.959, "wall_s": 80.6}
+    (folder / "run.json").write_text(json.dumps({"prepared": {"pretrain": pretrain}}))
+    runs = [run(0, 0.0, 0.8, 0.9, retrain={"retrain_pretrain_s": 70.2}),
+            run(1, 0.0, 0.8, 0.9, retrain={"retrain_pretrain_s": 0.0})]
+    (row,) = clip_rows(runs, tmp_path).to_dict("records")
+    assert row == {"scenario": "embedded", "train images": 3840, "epochs": 12,
+                   "zero-shot (held-out)": "0.959", "held-out images": 1440, "pretrain_s": 81,
+                   "retrain pretrain_s": 70}
+    assert clip_rows([{**runs[0], "scenario": "cifar10-cat"}], tmp_path).empty
