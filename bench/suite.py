@@ -123,7 +123,7 @@ def seed_rows(runs: list[dict]) -> pd.DataFrame:
             row["gap_to_retrain"] = "-" if g is None else f"{g:.3f}"
         row.update({"search_s": round(run["wall_s"]),
                     "retrain_s": (round(run["retrain_wall_s"]) if "retrain_wall_s" in run
-                                  else None), "status": run["status"]})
+                                  else "-"), "status": run["status"]})
         rows.append(row)
     return pd.DataFrame(rows)
 
