@@ -121,6 +121,9 @@ def seed_rows(runs: list[dict]) -> pd.DataFrame:
             row["target"] = "yes" if meets_target(m) else "no"
             g = gap(m, run.get("retrain"))
             row["gap_to_retrain"] = "-" if g is None else f"{g:.3f}"
+            ref = run.get("retrain") or {}
+            row["retrain F / R / Z"] = (" / ".join(f"{value(ref, k)[0]:.3f}" for k in ACCURACIES)
+                                        if ref else "-")
         row.update({"search_s": round(run["wall_s"]),
                     "retrain_s": (round(run["retrain_wall_s"]) if "retrain_wall_s" in run
                                   else "-"), "status": run["status"]})

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from distforget.config import RunConfig
+from distforget.config import RunConfig, from_dict, replace
 from distforget.errors import DistforgetError
 from distforget.objectives import (ACCURACIES, METRICS, Constraint, as_test, parse_target,
                                    shortfalls, validation_sizes)
@@ -65,15 +65,28 @@ def failed_search(results: pd.DataFrame) -> None:
                            f"common error ({errors.iloc[0]} trials): {errors.index[0]}")
 
 
-def choose(results: pd.DataFrame, cfg: RunConfig, base: Mapping[str, float],
-           sizes: Mapping[str, int] | None = None) -> tuple[pd.Series | None, str]:
-    """The point the pick rule chooses among the method's validation rows, and why
-    (``sizes``: validation images per metric, for the target rule's margin)."""
+def run_config(info: Mapping[str, Any], rule: str | None = None) -> RunConfig:
+    """A run's config from its ``run.json``, with another pick rule where one is given."""
+    cfg = from_dict(info["config"])
+    return cfg if rule is None else replace(cfg, {"search.pick": rule})
+
+
+def _pick_options(cfg: RunConfig, info: Mapping[str, Any]) -> dict[str, Any]:
+    """What every pick of a run reads besides its rows: the target, the base model's
+    validation metrics, the validation images per metric and the margin (run.json, config)."""
+    return {"target": parse_target(cfg.search.target), "base": info["base_metrics"],
+            "sizes": validation_sizes(info.get("prepared", {}).get("splits")),
+            "margin": cfg.search.pick_margin}
+
+
+def choose(results: pd.DataFrame, cfg: RunConfig, info: Mapping[str, Any]
+           ) -> tuple[pd.Series | None, str]:
+    """The point the pick rule chooses among the method's validation rows, and why (``info``:
+    the run's ``run.json``)."""
     rows = results[results["source"].isin(METHOD_SOURCES)]
     if usable(rows).empty:
         return None, ""
-    return pick(rows, cfg.search.pick, target=parse_target(cfg.search.target), base=base,
-                sizes=sizes, margin=cfg.search.pick_margin)
+    return pick(rows, cfg.search.pick, **_pick_options(cfg, info))
 
 
 def confirmation_params(row: Mapping[str, Any], base_cfg: RunConfig, seeds: int
@@ -88,14 +101,13 @@ def confirmation_params(row: Mapping[str, Any], base_cfg: RunConfig, seeds: int
             for i in range(1, seeds + 1)]
 
 
-def baseline_picks(results: pd.DataFrame, cfg: RunConfig, base: Mapping[str, float],
-                   sizes: Mapping[str, int] | None = None) -> dict[str, pd.Series]:
+def baseline_picks(results: pd.DataFrame, cfg: RunConfig, info: Mapping[str, Any]
+                   ) -> dict[str, pd.Series]:
     """Each baseline's point, chosen among its own rows (its trials and soups) by the same
     rule on validation."""
     rows = usable(results[results["source"] == "baseline"])
-    target = parse_target(cfg.search.target)
-    return {method: pick(group, cfg.search.pick, target=target, base=base, sizes=sizes,
-                         margin=cfg.search.pick_margin)[0]
+    options = _pick_options(cfg, info)
+    return {method: pick(group, cfg.search.pick, **options)[0]
             for method, group in rows.groupby("method", sort=True)}
 
 
@@ -167,11 +179,9 @@ def finish(folder: RunFolder, cfg: RunConfig, *, evaluate: Evaluate,
     why it was chosen, and the confirmation summary. Confirmation runs that a resumed search
     already has are not run again."""
     info = folder.read_info()
-    base_val = info["base_metrics"]
-    sizes = validation_sizes(info.get("prepared", {}).get("splits"))
     target = parse_target(cfg.search.target)
     results = folder.read_results()
-    chosen, why = choose(results, cfg, base_val, sizes)
+    chosen, why = choose(results, cfg, info)
     if chosen is None:
         return {"chosen": None, "why": "", "confirmation": None}
     done = int(((results["source"] == CONFIRM) & (results["parent_id"] == chosen["trial_id"]))
@@ -183,7 +193,7 @@ def finish(folder: RunFolder, cfg: RunConfig, *, evaluate: Evaluate,
         results = folder.read_results()
 
     # The choice is made: now, and only now, the test images are read.
-    picks = baseline_picks(results, cfg, base_val, sizes)
+    picks = baseline_picks(results, cfg, info)
     todo = rows_to_test(results, chosen["trial_id"], [r["trial_id"] for r in picks.values()])
     from distforget.trial import Recipe
 

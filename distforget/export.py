@@ -33,9 +33,7 @@ if TYPE_CHECKING:
 def select(run: str, *, rule: str | None = None, trial: str | None = None
            ) -> tuple["pd.Series", str]:
     """The row of ``results.parquet`` a rule picks, or the named trial, and why."""
-    from distforget.config import SearchConfig
-    from distforget.objectives import parse_target, validation_sizes
-    from distforget.pareto import pick
+    from distforget.confirm import choose, run_config
     from distforget.run_folder import RunFolder
 
     folder = RunFolder(run)
@@ -52,12 +50,10 @@ def select(run: str, *, rule: str | None = None, trial: str | None = None
             raise ConfigError(f"trial {trial!r} did not finish: {row.get('error')}")
         return row, f"named by the user (--trial {trial})"
     info = folder.read_info()
-    search = info["config"]["search"]
-    method_rows = results[results["source"].isin(["trial", "sweep"])]
-    return pick(method_rows, rule or search["pick"], target=parse_target(search["target"]),
-                base=info["base_metrics"],
-                sizes=validation_sizes(info.get("prepared", {}).get("splits")),
-                margin=float(search.get("pick_margin", SearchConfig.pick_margin)))
+    row, why = choose(results, run_config(info, rule), info)
+    if row is None:
+        raise ConfigError(f"run {run!r} has no finished trial to pick from")
+    return row, why
 
 
 def point_record(row: Mapping[str, Any], info: Mapping[str, Any], why: str,

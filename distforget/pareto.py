@@ -175,8 +175,7 @@ def pick(table: pd.DataFrame, rule: str, *, target: Sequence[Constraint] = (),
                    ("zeroshot_acc", "retain_acc", "forget_acc"))
         text = ", ".join(str(c) for c in target)
         feasible = violation == 0
-        slack = np.array(margins([r_.to_dict() for _, r_ in rows.iterrows()], target, base,
-                                 sizes))
+        slack = np.array(margins(rows.to_dict("records"), target, base, sizes))
         confident = feasible & (slack >= margin)
         if confident.any():
             order = np.lexsort((f, -r, -z, ~confident))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from distforget.cli import run_cli
 from distforget.objectives import (ACCURACIES, METRICS, OBJECTIVES, as_test, parse_target,
-                                   shortfalls, validation_sizes)
+                                   shortfalls)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -127,8 +127,7 @@ def build_report(run: str, rule: str | None = None, interrupted: dict | None = N
     import pandas as pd
 
     from distforget import storage
-    from distforget.config import from_dict, replace
-    from distforget.confirm import METHOD_SOURCES, baseline_picks, choose
+    from distforget.confirm import METHOD_SOURCES, baseline_picks, choose, run_config
     from distforget.pareto import (hypervolume, normalized_hypervolume, pareto_front,
                                    reference_point, to_minimize, usable)
     from distforget.results import write_table
@@ -136,9 +135,7 @@ def build_report(run: str, rule: str | None = None, interrupted: dict | None = N
 
     folder = RunFolder(run)
     info = folder.read_info()
-    cfg = from_dict(info["config"])
-    if rule is not None:
-        cfg = replace(cfg, {"search.pick": rule})
+    cfg = run_config(info, rule)
     base = info["base_metrics"]
     results = folder.read_results()
     method_rows = results[results["source"].isin(METHOD_SOURCES)]
@@ -147,8 +144,7 @@ def build_report(run: str, rule: str | None = None, interrupted: dict | None = N
     write_table(folder.path(folder.PARETO), front)
     storage.write_bytes(folder.path(folder.PARETO_CSV), front.to_csv(index=False).encode())
 
-    sizes = validation_sizes(info.get("prepared", {}).get("splits"))
-    chosen, why = choose(results, cfg, base, sizes)
+    chosen, why = choose(results, cfg, info)
     ref = reference_point(base)
     hv_raw = hypervolume(to_minimize(usable(method_rows)), ref)
     hv = normalized_hypervolume(method_rows, base)
@@ -218,7 +214,7 @@ def build_report(run: str, rule: str | None = None, interrupted: dict | None = N
     if not baselines.empty:
         rows = [{**best.to_dict(), "hypervolume": normalized_hypervolume(
                     baselines[baselines["method"] == method], base)}
-                for method, best in baseline_picks(results, cfg, base, sizes).items()]
+                for method, best in baseline_picks(results, cfg, info).items()]
         lines += ["## Baselines", "", "Each baseline's point chosen by the same rule on "
                   "validation, on the same splits, with its test metrics and normalised "
                   "hypervolume (validation).", "",

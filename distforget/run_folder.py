@@ -20,6 +20,7 @@ runs. A folder that holds a different search is refused.
 
 from __future__ import annotations
 
+import datetime
 import hashlib
 import json
 import os
@@ -241,8 +242,6 @@ class RunLog:
             self._lines = storage.read_bytes(self.path).decode().splitlines(keepends=True)
 
     def __call__(self, message: str) -> None:
-        import datetime
-
         if self.echo is None:
             print(message, flush=True)
         else:

@@ -66,6 +66,7 @@ def test_tables_over_seeds():
     seeds = seed_rows(runs)
     assert list(seeds["target"].iloc[:2]) == ["yes", "no"]
     assert list(seeds["gap_to_retrain"].iloc[:2]) == ["0.000", "0.100"]
+    assert seeds["retrain F / R / Z"].iloc[0] == "0.000 / 0.800 / 0.900"
     (row,) = scenario_rows(runs).to_dict("records")
     assert row["target met"] == "1/3" and row["seeds"] == 3
     assert row["forget_acc"] == "0.150 (0.000-0.300)"

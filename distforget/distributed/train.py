@@ -12,8 +12,8 @@ Rank 0 reports a checkpoint after every epoch, so a worker that dies is replaced
 running stage resumes from its last epoch (``FailureConfig``); stages already in the cache are
 not run again. An error raised by the stage code itself is not a lost worker, and a restart
 would only raise it again: the rank records it (``<name>.stage-error.json`` beside the Train
-run) and the launch raises ``StageFailed`` at once (see ``_stage_error``). The prepared inputs travel as one object in Ray's object store, read without
-copies by every process on a node.
+run) and the launch raises ``StageFailed`` at once (see ``_stage_error``). The prepared inputs
+travel as one object in Ray's object store, read without copies by every process on a node.
 """
 
 from __future__ import annotations
@@ -35,13 +35,12 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 from distforget import storage
 from distforget.config import ResourcesConfig, RunConfig as DistforgetConfig, from_dict
 from distforget.errors import DistforgetError
-from distforget.prepare import Prepared
+from distforget.prepare import Prepared, prepare
 from distforget.threads import set_torch_threads
 from distforget.training import Parallel, StageHooks, StageOutput
-from distforget.trial import (UPSTREAM, Evaluate, Launch, Recipe, StageCache, StageTask,
-                              evaluate_recipes, run_stage)
+from distforget.trial import (SNAPSHOT, UPSTREAM, Evaluate, Launch, Recipe, StageCache,
+                              StageTask, evaluate_recipes, run_stage)
 
-SNAPSHOT = "snapshot.pt"
 STAGE_ERROR = "stage-error.json"
 
 
@@ -189,7 +188,7 @@ def _stage_error(error_path: str, run_dir: str) -> None:
 def _evaluate_task(prepared: Prepared, cache_root: str, recipes: list[dict], which: str,
                    precision: str) -> list[dict]:
     set_torch_threads(ray.get_runtime_context().get_assigned_resources().get("CPU"))
-    device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
+    device = actor_device()
     return evaluate_recipes(prepared, StageCache(cache_root),
                             [Recipe.from_dict(r) for r in recipes], which, device, precision)
 
@@ -212,14 +211,13 @@ def ray_evaluator(prepared_ref: ray.ObjectRef, cache: StageCache, resources: Res
 @ray.remote
 def _prepare_task(cfg: dict) -> Prepared:
     set_torch_threads(from_dict(cfg).resources.cpus_per_worker)
-    device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
-    return _prepare(from_dict(cfg), device)
+    device = actor_device()
+    return prepare(from_dict(cfg), device)
 
 
-def _prepare(cfg: DistforgetConfig, device: torch.device) -> Prepared:
-    from distforget.prepare import prepare
-
-    return prepare(cfg, device)
+def actor_device() -> torch.device:
+    """The device of a Ray task or actor: its GPU when Ray gave it one."""
+    return torch.device("cuda" if ray.get_gpu_ids() else "cpu")
 
 
 def driver_device(resources: ResourcesConfig) -> torch.device:
@@ -241,7 +239,7 @@ def prepare_on_cluster(cfg: DistforgetConfig, here: bool = False
     r = cfg.resources
     if here:
         set_torch_threads(r.cpus_per_worker)
-        prepared = _prepare(cfg, driver_device(r))
+        prepared = prepare(cfg, driver_device(r))
         return ray.put(prepared), prepared
     ref = _prepare_task.options(num_cpus=r.cpus_per_worker,
                                 num_gpus=r.gpus_per_worker).remote(cfg.to_dict())

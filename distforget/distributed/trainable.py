@@ -31,17 +31,16 @@ import warnings
 from typing import Any, Callable, Sequence
 
 import optuna
-
 import ray
 import ray.tune
-import torch
 from ray.tune import Callback
 from ray.tune.search.optuna import OptunaSearch
 
 from distforget import storage
 from distforget.config import from_dict, replace
-from distforget.distributed.cluster import in_actor
-from distforget.distributed.train import StageFailed, epoch_metrics, ray_evaluator, ray_launcher
+from distforget.distributed.cluster import in_actor, trial_resources
+from distforget.distributed.train import (StageFailed, actor_device, epoch_metrics,
+                                          ray_evaluator, ray_launcher)
 from distforget.objectives import OBJECTIVES, Constraint
 from distforget.pareto import pareto_front, usable
 from distforget.results import rows_from_record
@@ -61,8 +60,7 @@ def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
     params = params.get("confirm", params)
     base = from_dict(shared["config"])
     here = in_actor(base.resources)
-    r = base.resources
-    set_torch_threads(r.trial_cpus + r.cpus_per_worker if here else r.trial_cpus)
+    set_torch_threads(trial_resources(base.resources)["CPU"])
     prepared_ref = shared["prepared"][0]
     prepared = ray.get(prepared_ref)
     space: SearchSpace | None = shared.get("space")
@@ -78,7 +76,7 @@ def run_one_trial(params: dict[str, Any], shared: dict[str, Any]) -> None:
         raise StageFailed(earlier["error"])
     if here:
         # The stages and evaluations run in this actor, which holds a worker's resources.
-        device = torch.device("cuda" if ray.get_gpu_ids() else "cpu")
+        device = actor_device()
         # Every stage epoch is a Tune result for the tracking callbacks.
         on_epoch = ((lambda m: ray.tune.report(epoch_metrics(m["stage"], m["epoch"], m)))
                     if cfg.output.callbacks else None)

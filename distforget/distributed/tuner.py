@@ -152,8 +152,8 @@ def run_baselines(driver: Driver, space: SearchSpace) -> None:
     driver.log(f"baselines (each once, at its defaults): {', '.join(todo)}")
     driver.fit(_trainable({**driver.shared, "source": "baseline", "space": None}, cfg.resources),
                param_space={"method": tune.grid_search(todo)}, prefix="baselines",
-               writer=ResultsWriter(folder, len(todo), 0, log=driver.log), params={"method": "method"},
-               max_concurrent_trials=min(driver.mc, len(todo)))
+               writer=ResultsWriter(folder, len(todo), 0, log=driver.log),
+               params={"method": "method"}, max_concurrent_trials=min(driver.mc, len(todo)))
 
 
 def run_study(driver: Driver, space: SearchSpace, *, source: str, num_trials: int,
@@ -307,4 +307,3 @@ def _search(driver: Driver, space: SearchSpace, space_text: str, identity: str,
     log(f"front: {summary['front_size']} points, hypervolume {summary['hypervolume']:.3f}; "
         f"report: {folder.report}; results: {folder.results}; log: {folder.path(folder.LOG)}")
     return {**summary, "run": folder.root, "base_metrics": info["base_metrics"]}
-
