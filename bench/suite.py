@@ -176,6 +176,59 @@ def clip_rows(runs: list[dict], storage: Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+COMPARED_SECTIONS = ("method", "forget", "remind", "restore", "baseline", "search")
+
+
+def config_difference(ours: dict, theirs: dict) -> dict[str, tuple[Any, Any]]:
+    """``section.key -> (ours, theirs)`` for every stage or search key whose value differs
+    between two resolved run configs (``run.json``'s ``config``), seeds excepted."""
+    diff = {}
+    for section in COMPARED_SECTIONS:
+        a, b = ours.get(section, {}), theirs.get(section, {})
+        if not isinstance(a, dict) or not isinstance(b, dict):
+            if a != b:
+                diff[section] = (a, b)
+            continue
+        for key in sorted(set(a) | set(b)):
+            if key != "seed" and a.get(key) != b.get(key):
+                diff[f"{section}.{key}"] = (a.get(key), b.get(key))
+    return diff
+
+
+def comparison_rows(runs: list[dict], earlier: list[dict]) -> pd.DataFrame:
+    """Per scenario, this suite's runs beside earlier runs of the same scenario and seeds: the
+    chosen point's mean accuracies (test where present) and the seeds that meet the target."""
+    rows = []
+    for name in dict.fromkeys(r["scenario"] for r in runs):
+        pairs = {"now": [r for r in runs if r["scenario"] == name and r.get("metrics")],
+                 "before": [r for r in earlier if r["scenario"] == name and r.get("metrics")]}
+        row: dict[str, Any] = {"scenario": SCENARIOS.get(name, (name,))[0]}
+        for when, done in pairs.items():
+            row[f"F / R / Z {when}"] = (" / ".join(
+                f"{sum(value(r['metrics'], k)[0] for r in done) / len(done):.3f}"
+                for k in ACCURACIES) if done else "-")
+            row[f"target met {when}"] = (f"{sum(meets_target(r['metrics']) for r in done)}"
+                                         f"/{len(done)}")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def earlier_runs(storage: Path, names: list[str], seeds: int) -> list[dict]:
+    """The finished runs (``suite.json``) of the named scenarios and seeds under ``storage``."""
+    found = []
+    for name in names:
+        for seed in range(seeds):
+            path = storage / f"{name}-s{seed}" / "suite.json"
+            if path.is_file():
+                found.append(json.loads(path.read_text()))
+    return found
+
+
+def run_config(storage: Path, run: dict) -> dict:
+    path = storage / f"{run['scenario']}-s{run['seed']}" / "run.json"
+    return json.loads(path.read_text()).get("config", {}) if path.is_file() else {}
+
+
 def markdown(df: pd.DataFrame) -> str:
     return markdown_table(df, list(df.columns))
 
@@ -260,6 +313,25 @@ def ensure_data(name: str) -> None:
     subprocess.run([sys.executable, *command], cwd=ROOT, check=True)
 
 
+def comparison(runs: list[dict], names: list[str], args) -> list[str]:
+    """The section's lines that set these runs beside the earlier ones in ``args.compare``."""
+    earlier = earlier_runs(Path(args.compare), names, args.seeds)
+    if not earlier:
+        return ["", f"No finished runs of these scenarios under {args.compare} to compare with."]
+    diff: dict[str, tuple[Any, Any]] = {}
+    for run in (r for r in runs if r.get("metrics")):
+        twin = next((e for e in earlier if (e["scenario"], e["seed"]) ==
+                     (run["scenario"], run["seed"])), None)
+        if twin is not None:
+            diff.update(config_difference(run_config(Path(args.storage), run),
+                                          run_config(Path(args.compare), twin)))
+    change = ", ".join(f"`{k}` {a} (before: {b})" for k, a, b in
+                       ((k, *v) for k, v in sorted(diff.items()))) or "no stage or search key"
+    return ["", f"Now beside before: the runs under `{args.compare}` (the same scenarios, seeds "
+                f"and budget; they differ in {change}):", "",
+            markdown(comparison_rows(runs, earlier))]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
@@ -278,6 +350,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", dest="write", action="store_false",
                         help="do not write bench/RESULTS.md")
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
+    parser.add_argument("--compare", default=None, metavar="STORAGE",
+                        help="earlier suite runs (their --storage) to set beside these, with "
+                             "the stage and search keys in which the runs differ")
     args = parser.parse_args(argv)
     if args.smoke:
         args.scenarios, args.seeds, args.num_trials, args.no_baselines = "embedded", 1, 2, True
@@ -331,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
         "time the pretraining recorded, under whatever else ran then):",
         "",
         markdown(clips),
-    ] if len(clips := clip_rows(runs, Path(args.storage))) else []))
+    ] if len(clips := clip_rows(runs, Path(args.storage))) else []) + (
+        comparison(runs, names, args) if args.compare else []))
     print("\n" + body)
     if args.write:
         write_section(Path(args.results), body)

@@ -2,8 +2,9 @@
 
 import pytest
 
-from bench.suite import (BEGIN, END, SCENARIOS, chosen_metrics, clip_rows, meets_target,
-                         recorded_minutes, scenario_rows, seed_rows, value, write_section)
+from bench.suite import (BEGIN, END, SCENARIOS, chosen_metrics, clip_rows, comparison_rows,
+                         config_difference, earlier_runs, meets_target, recorded_minutes,
+                         scenario_rows, seed_rows, value, write_section)
 from distforget.config import read_yaml
 
 BASE = {"base_forget_acc": 0.9, "base_retain_acc": 0.8, "base_zeroshot_acc": 0.9}
@@ -103,3 +104,27 @@ def test_the_clip_table_reads_each_scenarios_pretraining_from_its_first_run(tmp_
                    "zero-shot (held-out)": "0.959", "held-out images": 1440, "pretrain_s": 81,
                    "retrain pretrain_s": 70}
     assert clip_rows([{**runs[0], "scenario": "cifar10-cat"}], tmp_path).empty
+
+
+def test_the_config_difference_names_changed_stage_keys_but_not_seeds_or_data():
+    before = {"remind": {"epochs": 4, "lr": 1e-4, "seed": 0}, "data": {"path": "a"},
+              "method": "three_stage", "search": {"num_trials": 16}}
+    now = {"remind": {"epochs": 8, "lr": 1e-4, "seed": 2}, "data": {"path": "b"},
+           "method": "three_stage", "search": {"num_trials": 16}}
+    assert config_difference(now, before) == {"remind.epochs": (8, 4)}
+    assert config_difference({**now, "method": "ft"}, now) == {"method": ("ft", "three_stage")}
+
+
+def test_the_comparison_sets_each_scenario_beside_its_earlier_runs(tmp_path):
+    import json
+
+    now = [run(0, 0.0, 0.8, 0.9), run(1, 0.0, 0.6, 0.9)]
+    before = [run(0, 0.2, 0.8, 0.9)]
+    (row,) = comparison_rows(now, before).to_dict("records")
+    assert row == {"scenario": SCENARIOS["embedded"][0],
+                   "F / R / Z now": "0.000 / 0.700 / 0.900", "target met now": "1/2",
+                   "F / R / Z before": "0.200 / 0.800 / 0.900", "target met before": "0/1"}
+    folder = tmp_path / "embedded-s1"
+    folder.mkdir()
+    (folder / "suite.json").write_text(json.dumps(before[0]))
+    assert earlier_runs(tmp_path, ["embedded", "cifar10-cat"], 3) == before
