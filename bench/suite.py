@@ -20,6 +20,7 @@ only). A finished run folder is reused (its recorded wall time too); ``--fresh``
     python bench/suite.py                # every scenario, 3 seeds, default budget (hours on 2 cores)
     python bench/suite.py --smoke        # embedded only, 2 trials, 1 seed, no baselines
     python bench/suite.py --scenarios embedded,cifar10-hierarchy --seeds 1
+    python bench/suite.py --no-run       # the tables from the finished runs only
 """
 
 from __future__ import annotations
@@ -177,6 +178,7 @@ def clip_rows(runs: list[dict], storage: Path) -> pd.DataFrame:
 
 
 COMPARED_SECTIONS = ("method", "forget", "remind", "restore", "baseline", "search")
+ABSENT = "absent"  # a key the run's config does not hold (a run made before the key existed)
 
 
 def config_difference(ours: dict, theirs: dict) -> dict[str, tuple[Any, Any]]:
@@ -190,8 +192,8 @@ def config_difference(ours: dict, theirs: dict) -> dict[str, tuple[Any, Any]]:
                 diff[section] = (a, b)
             continue
         for key in sorted(set(a) | set(b)):
-            if key != "seed" and a.get(key) != b.get(key):
-                diff[f"{section}.{key}"] = (a.get(key), b.get(key))
+            if key != "seed" and a.get(key, ABSENT) != b.get(key, ABSENT):
+                diff[f"{section}.{key}"] = (a.get(key, ABSENT), b.get(key, ABSENT))
     return diff
 
 
@@ -315,7 +317,9 @@ def ensure_data(name: str) -> None:
 
 def comparison(runs: list[dict], names: list[str], args) -> list[str]:
     """The section's lines that set these runs beside the earlier ones in ``args.compare``."""
-    earlier = earlier_runs(Path(args.compare), names, args.seeds)
+    pairs = {(r["scenario"], r["seed"]) for r in runs}
+    earlier = [e for e in earlier_runs(Path(args.compare), names, args.seeds)
+               if (e["scenario"], e["seed"]) in pairs]
     if not earlier:
         return ["", f"No finished runs of these scenarios under {args.compare} to compare with."]
     diff: dict[str, tuple[Any, Any]] = {}
@@ -327,8 +331,8 @@ def comparison(runs: list[dict], names: list[str], args) -> list[str]:
                                           run_config(Path(args.compare), twin)))
     change = ", ".join(f"`{k}` {a} (before: {b})" for k, a, b in
                        ((k, *v) for k, v in sorted(diff.items()))) or "no stage or search key"
-    return ["", f"Now beside before: the runs under `{args.compare}` (the same scenarios, seeds "
-                f"and budget; they differ in {change}):", "",
+    return ["", f"Now beside before: the runs under `{args.compare}` of the same scenarios and "
+                f"seeds (only those this suite has; they differ in {change}):", "",
             markdown(comparison_rows(runs, earlier))]
 
 
@@ -347,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", default=str(ROOT / "bench" / "out" / "suite"),
                         help="where the run folders go")
     parser.add_argument("--fresh", action="store_true", help="run again over finished runs")
+    parser.add_argument("--no-run", dest="run", action="store_false",
+                        help="tabulate the finished runs only (a seed with none is left out)")
     parser.add_argument("--no-write", dest="write", action="store_false",
                         help="do not write bench/RESULTS.md")
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
@@ -365,10 +371,16 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     runs = []
+    if args.fresh and not args.run:
+        parser.error("--fresh runs every run again; --no-run runs none: choose one")
     for name in names:
-        ensure_data(name)
+        if args.run:
+            ensure_data(name)
         for seed in range(args.seeds):
-            runs.append(run_one(name, seed, args))
+            if args.run or (Path(args.storage) / f"{name}-s{seed}" / "suite.json").is_file():
+                runs.append(run_one(name, seed, args))
+    if not runs:
+        parser.error(f"--no-run: no finished runs of {', '.join(names)} under {args.storage}")
     wall = time.perf_counter() - start
 
     per_seed, per_scenario = seed_rows(runs), scenario_rows(runs)
@@ -384,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         f"`python bench/suite.py{' --smoke' if args.smoke else ''}` ({date.today()}; "
         f"{machine()}; {os.cpu_count()} cores; OMP_NUM_THREADS="
         f"{os.environ.get('OMP_NUM_THREADS', 'unset')}): {len(names)} scenario(s) x "
-        f"{args.seeds} seed(s), {budget}; suite wall time {wall / 60:.1f} min"
+        f"{args.seeds} seed(s) ({len(runs)} runs), {budget}; suite wall time "
+        f"{wall / 60:.1f} min"
         + (f" ({reused} of {len(runs)} runs reused from earlier calls; the runs' recorded "
            f"search and retrain times add up to {recorded_minutes(runs):.1f} min)"
            if (reused := sum(bool(r.get("reused")) for r in runs)) else "") + ".",

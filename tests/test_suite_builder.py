@@ -113,6 +113,10 @@ def test_the_config_difference_names_changed_stage_keys_but_not_seeds_or_data():
            "method": "three_stage", "search": {"num_trials": 16}}
     assert config_difference(now, before) == {"remind.epochs": (8, 4)}
     assert config_difference({**now, "method": "ft"}, now) == {"method": ("ft", "three_stage")}
+    # A key the earlier run's config did not hold yet is said to be absent there.
+    older = {**before, "search": {}}
+    assert config_difference(now, older) == {"remind.epochs": (8, 4),
+                                             "search.num_trials": (16, "absent")}
 
 
 def test_the_comparison_sets_each_scenario_beside_its_earlier_runs(tmp_path):
