@@ -371,6 +371,9 @@ def main(argv: list[str] | None = None) -> int:
 
     start = time.perf_counter()
     runs = []
+    if args.compare and not Path(args.compare).is_dir():
+        parser.error(f"--compare: {args.compare!r} is not a folder (expected the --storage "
+                     "of an earlier suite)")
     if args.fresh and not args.run:
         parser.error("--fresh runs every run again; --no-run runs none: choose one")
     for name in names:
