@@ -228,14 +228,21 @@ class RunFolder:
         return StudyStore(self)
 
 
+def is_builtin_print(fn) -> bool:
+    """Whether ``fn`` is Python's own ``print``, whatever ``builtins.print`` is now."""
+    return getattr(fn, "__module__", None) == "builtins" and getattr(fn, "__name__", None) == "print"
+
+
 class RunLog:
     """distforget's own lines: shown (``echo``; None: printed), and appended with a UTC time to
     ``search.log`` in the run folder (rewritten whole on object storage, which has no append).
-    Tune pickles the callbacks that hold it, so it holds no reference to ``print`` itself."""
+    Tune pickles the callbacks that hold it, so it holds no reference to ``print`` itself:
+    Ray replaces ``builtins.print`` in the driver once worker output reaches it (its tqdm
+    support), after which the original ``print`` no longer pickles by name."""
 
     def __init__(self, folder: RunFolder, echo=None):
         self.path = folder.path(RunFolder.LOG)
-        self.echo = echo
+        self.echo = None if is_builtin_print(echo) else echo
         self.remote = storage.is_remote(folder.root)
         self._lines: list[str] = []
         if self.remote and storage.exists(self.path):

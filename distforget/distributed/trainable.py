@@ -44,7 +44,7 @@ from distforget.distributed.train import (StageFailed, actor_device, epoch_metri
 from distforget.objectives import OBJECTIVES, Constraint
 from distforget.pareto import pareto_front, usable
 from distforget.results import rows_from_record
-from distforget.run_folder import RunFolder
+from distforget.run_folder import RunFolder, is_builtin_print
 from distforget.search_space import SearchSpace
 from distforget.study import add_sweep_points, set_constraints
 from distforget.threads import set_torch_threads
@@ -153,18 +153,23 @@ def _value(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
 
 
+def printed(message: str) -> None:
+    print(message, flush=True)
+
+
 class ResultsWriter(Callback):
     """Appends each finished trial (and its sweep points) to ``results.parquet`` and logs one
     line per trial (its searched values and metrics) and the method's front so far; failed
     trials are recorded with their error."""
 
     def __init__(self, folder: RunFolder, total: int, done: int, study_store=None, *,
-                 log: Callable[[str], None] = print, params: Sequence[str] = ()):
+                 log: Callable[[str], None] | None = None, params: Sequence[str] = ()):
         self.folder = folder
         self.total = total
         self.done = done
         self.study_store = study_store  # synced after every trial when the run is remote
-        self.log = log
+        # Tune pickles its callbacks: never Python's print itself (see RunLog).
+        self.log = printed if log is None or is_builtin_print(log) else log
         self.params = tuple(params)  # the searched keys, in the space's order
 
     def _append(self, record: dict):

@@ -212,7 +212,7 @@ def settle_interrupted(cfg: RunConfig, folder: RunFolder, stop: SearchInterrupte
         f"interrupted): {folder.report}; best/ was not changed")
 
 
-def run_search(cfg: RunConfig, log: Callable[[str], None] = print) -> dict[str, Any]:
+def run_search(cfg: RunConfig, log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """The whole search (see the module docstring); returns a summary. A signal ends it with
     ``SearchInterrupted`` once the finished trials are recorded (``settle_interrupted``)."""
     check_trackers(cfg.output.callbacks)
@@ -224,7 +224,7 @@ def run_search(cfg: RunConfig, log: Callable[[str], None] = print) -> dict[str, 
 
     connect()
     check_storage(cfg.output.storage, cfg.output.shared, cfg.resources)
-    log = RunLog(folder, echo=None if log is print else log)
+    log = RunLog(folder, echo=log)  # None: printed
     # The legacy reporter takes the columns to show (the new output engine infers them and
     # would show the trial's record); Ray's own SIGTERM handler is replaced while this runs.
     os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
