@@ -148,20 +148,28 @@ def test_the_report_and_the_record_say_plainly_when_no_point_meets_the_target(tm
     assert record["validation"]["forget_acc"] == 0.1 and record["test"] == {}
 
 
-def test_a_run_log_and_results_writer_pickle_after_ray_replaces_print(tmp_path, monkeypatch):
+def test_a_run_log_and_results_writer_pickle_after_ray_replaces_print(tmp_path):
     # Ray replaces builtins.print in the driver once worker output reaches it; Tune then
     # pickles the callbacks. Python's own print held by one of them no longer pickles by name.
-    import builtins
-    import pickle
+    # In a fresh interpreter: an earlier test in this one may have left print replaced.
+    import subprocess
+    import sys
 
-    from distforget.run_folder import RunFolder, RunLog
-    from distforget.distributed.trainable import ResultsWriter
-
-    original = print
-    folder = RunFolder(str(tmp_path))
-    monkeypatch.setattr(builtins, "print", lambda *a, **k: original(*a, **k))
-    with pytest.raises(pickle.PicklingError):
-        pickle.dumps(original)  # the failure the callbacks must avoid
-    for held in (RunLog(folder, echo=original), ResultsWriter(folder, 1, 0),
-                 ResultsWriter(folder, 1, 0, log=original)):
-        pickle.loads(pickle.dumps(held))
+    code = f"""
+import builtins, pickle
+from distforget.run_folder import RunFolder, RunLog
+from distforget.distributed.trainable import ResultsWriter
+original = print
+folder = RunFolder({str(tmp_path)!r})
+builtins.print = lambda *a, **k: original(*a, **k)
+try:
+    pickle.dumps(original)
+    raise SystemExit("the original print still pickles: the check below proves nothing")
+except pickle.PicklingError:
+    pass
+for held in (RunLog(folder, echo=original), ResultsWriter(folder, 1, 0),
+             ResultsWriter(folder, 1, 0, log=original)):
+    pickle.loads(pickle.dumps(held))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-3000:] + proc.stdout[-1000:]
