@@ -64,6 +64,11 @@ BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
 
 # --- reading a finished run (pure functions, tested) -------------------------------------------
 
+def run_dir(storage: Path, name: str, seed: int) -> Path:
+    """Where the suite puts one scenario's run at one seed."""
+    return Path(storage) / f"{name}-s{seed}"
+
+
 def value(metrics: dict, name: str) -> tuple[float, float | None, float | None, bool]:
     """A metric's test value and 95% interval where the run has them, else the held-out
     evaluation value; the last item says whether it is a test value."""
@@ -161,7 +166,7 @@ def clip_rows(runs: list[dict], storage: Path) -> pd.DataFrame:
     rows = []
     for name in dict.fromkeys(r["scenario"] for r in runs):
         mine = [r for r in runs if r["scenario"] == name]
-        info_path = storage / f"{name}-s{mine[0]['seed']}" / "run.json"
+        info_path = run_dir(storage, name, mine[0]["seed"]) / "run.json"
         info = json.loads(info_path.read_text()).get("prepared", {}).get("pretrain") \
             if info_path.is_file() else None
         if not info:
@@ -220,14 +225,15 @@ def earlier_runs(storage: Path, names: list[str], seeds: int) -> list[dict]:
     found = []
     for name in names:
         for seed in range(seeds):
-            path = storage / f"{name}-s{seed}" / "suite.json"
+            path = run_dir(storage, name, seed) / "suite.json"
             if path.is_file():
                 found.append(json.loads(path.read_text()))
     return found
 
 
-def run_config(storage: Path, run: dict) -> dict:
-    path = storage / f"{run['scenario']}-s{run['seed']}" / "run.json"
+def recorded_config(storage: Path, run: dict) -> dict:
+    """The resolved config a finished run recorded in its ``run.json``."""
+    path = run_dir(storage, run["scenario"], run["seed"]) / "run.json"
     return json.loads(path.read_text()).get("config", {}) if path.is_file() else {}
 
 
@@ -257,8 +263,8 @@ def recorded_minutes(runs: list[dict]) -> float:
 def run_one(name: str, seed: int, args) -> dict:
     """Search one scenario at one seed (and its retrain reference); the run's summary."""
     storage = Path(args.storage)
-    run_name = f"{name}-s{seed}"
-    folder = storage / run_name
+    folder = run_dir(storage, name, seed)
+    run_name = folder.name
     summary_path = folder / "suite.json"
     if args.fresh and folder.exists():
         shutil.rmtree(folder)
@@ -327,8 +333,8 @@ def comparison(runs: list[dict], names: list[str], args) -> list[str]:
         twin = next((e for e in earlier if (e["scenario"], e["seed"]) ==
                      (run["scenario"], run["seed"])), None)
         if twin is not None:
-            diff.update(config_difference(run_config(Path(args.storage), run),
-                                          run_config(Path(args.compare), twin)))
+            diff.update(config_difference(recorded_config(Path(args.storage), run),
+                                          recorded_config(Path(args.compare), twin)))
     change = ", ".join(f"`{k}` {a} (before: {b})" for k, a, b in
                        ((k, *v) for k, v in sorted(diff.items()))) or "no stage or search key"
     return ["", f"Now beside before: the runs under `{args.compare}` of the same scenarios and "
@@ -380,7 +386,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.run:
             ensure_data(name)
         for seed in range(args.seeds):
-            if args.run or (Path(args.storage) / f"{name}-s{seed}" / "suite.json").is_file():
+            if args.run or (run_dir(args.storage, name, seed) / "suite.json").is_file():
                 runs.append(run_one(name, seed, args))
     if not runs:
         parser.error(f"--no-run: no finished runs of {', '.join(names)} under {args.storage}")

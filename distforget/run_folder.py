@@ -233,6 +233,11 @@ def is_builtin_print(fn) -> bool:
     return getattr(fn, "__module__", None) == "builtins" and getattr(fn, "__name__", None) == "print"
 
 
+def printed(message: str) -> None:
+    """Show a line on the console (a named function, so the objects holding it pickle)."""
+    print(message, flush=True)
+
+
 class RunLog:
     """distforget's own lines: shown (``echo``; None: printed), and appended with a UTC time to
     ``search.log`` in the run folder (rewritten whole on object storage, which has no append).
@@ -242,17 +247,14 @@ class RunLog:
 
     def __init__(self, folder: RunFolder, echo=None):
         self.path = folder.path(RunFolder.LOG)
-        self.echo = None if is_builtin_print(echo) else echo
+        self.echo = printed if echo is None or is_builtin_print(echo) else echo
         self.remote = storage.is_remote(folder.root)
         self._lines: list[str] = []
         if self.remote and storage.exists(self.path):
             self._lines = storage.read_bytes(self.path).decode().splitlines(keepends=True)
 
     def __call__(self, message: str) -> None:
-        if self.echo is None:
-            print(message, flush=True)
-        else:
-            self.echo(message)
+        self.echo(message)
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
         lines = [f"{stamp}  {line}\n" for line in message.splitlines() or [""]]
         if self.remote:

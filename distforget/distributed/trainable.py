@@ -44,7 +44,7 @@ from distforget.distributed.train import (StageFailed, actor_device, epoch_metri
 from distforget.objectives import OBJECTIVES, Constraint
 from distforget.pareto import pareto_front, usable
 from distforget.results import rows_from_record
-from distforget.run_folder import RunFolder, is_builtin_print
+from distforget.run_folder import RunFolder, is_builtin_print, printed
 from distforget.search_space import SearchSpace
 from distforget.study import add_sweep_points, set_constraints
 from distforget.threads import set_torch_threads
@@ -151,10 +151,6 @@ class SweepOptunaSearch(OptunaSearch):
 
 def _value(v: Any) -> str:
     return f"{v:.3g}" if isinstance(v, float) else str(v)
-
-
-def printed(message: str) -> None:
-    print(message, flush=True)
 
 
 class ResultsWriter(Callback):
