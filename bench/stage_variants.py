@@ -34,6 +34,11 @@ VARIANTS = {
     "defaults": {},
     "paper": {"remind.forget_weight": 0.0},  # configs/presets/paper.yaml
     "remind 4 epochs": {"remind.epochs": 4},  # the default before remind.epochs became 8
+    "feature kd 10": {"remind.feature_kd": 10.0},
+    "feature kd 100": {"remind.feature_kd": 100.0},
+    "remind all layers": {"remind.layers": "all"},
+    "remind all layers lr 3e-4": {"remind.layers": "all", "remind.lr": 3e-4},
+    "remind all layers feature kd 10": {"remind.layers": "all", "remind.feature_kd": 10.0},
     "cifar10.yaml stages": {"forget.lr": 1e-4, "remind.lr": 5e-4, "remind.epochs": 16,
                             "remind.lambda_kd": 3.0, "remind.bn_align_images": 256,
                             "restore.grid": [0.5, 0.6, 0.65, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95,

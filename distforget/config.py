@@ -170,6 +170,9 @@ class RemindConfig:
     weight_decay: float = knob(0.0, ge=0)
     lambda_kd: float = knob(10.0, ge=0)
     temperature: float = knob(2.0, gt=0)
+    # Weight of feature distillation on the retained and synthetic images: 1 - cosine between
+    # each image's embedding and the base model's; 0 disables it.
+    feature_kd: float = knob(0.0, ge=0)
     # Weight EMA decay per step; null disables it.
     ema_decay: float | None = knob(0.9, gt=0, lt=1)
     # Which layers the remind stage trains: those the forget stage chose, or the whole tower.

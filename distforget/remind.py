@@ -11,6 +11,10 @@ The distillation set is the retain training images (their teacher logits were co
 in ``prepare``) plus, for BatchNorm image towers, optional synthetic images optimised so that
 their batch statistics match the BN layers' stored statistics: they stand in for the
 pre-training distribution that the stages never see. Optional weight EMA.
+
+With ``remind.feature_kd`` > 0 the retained and synthetic images also take that weight times
+``1 - cos(student embedding, base embedding)``: distillation on the whole image embedding, not
+only on its few directions that the head's class texts span.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import torch.nn.functional as F
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from distforget.config import RemindConfig
-from distforget.evaluate import zero_shot_logits
+from distforget.evaluate import image_features, zero_shot_logits
 from distforget.losses import distillation_loss, forget_loss
 from distforget.prepare import Prepared
 from distforget.synthetic import bn_align_count, bn_aligned_images
@@ -39,13 +43,15 @@ RETAIN, SYNTHETIC, FORGET = 0, 1, 2  # roles of the images a remind step draws f
 
 @dataclass(frozen=True)
 class DistillationSet:
-    """What a remind step draws from: images, labels (-1 for synthetic ones), each image's role
-    and its teacher logits."""
+    """What a remind step draws from: images, labels (-1 for synthetic ones), each image's role,
+    its teacher logits and, for feature distillation, the base model's embedding of it (zeros
+    for forget images, which take no distillation)."""
 
     images: np.ndarray
     labels: np.ndarray
     roles: np.ndarray
     teacher: np.ndarray
+    features: np.ndarray | None = None
 
     @property
     def synthetic(self) -> int:
@@ -85,11 +91,20 @@ def distillation_set(prepared: Prepared, cfg: RemindConfig, device: torch.device
         else:
             targets = np.zeros((len(f), len(prepared.classes)), np.float32)
         parts.append((forget_images, f.labels, FORGET, targets))
+    images = np.concatenate([p[0] for p in parts])
+    roles = np.concatenate([np.full(len(p[0]), p[2]) for p in parts])
+    features = None
+    if cfg.feature_kd:
+        kept = roles != FORGET
+        feats = image_features(base, images[kept], prep, precision=precision).float().cpu()
+        features = np.zeros((len(images), feats.shape[1]), np.float32)
+        features[kept] = feats.numpy()
     return DistillationSet(
-        images=np.concatenate([p[0] for p in parts]),
+        images=images,
         labels=np.concatenate([p[1] for p in parts]),
-        roles=np.concatenate([np.full(len(p[0]), p[2]) for p in parts]),
-        teacher=np.concatenate([p[3] for p in parts]).astype(np.float32))
+        roles=roles,
+        teacher=np.concatenate([p[3] for p in parts]).astype(np.float32),
+        features=features)
 
 
 def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
@@ -117,6 +132,7 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
     labels_t = torch.tensor(kd_labels, device=device).clamp(min=0)
     roles_t = torch.tensor(roles, device=device)
     teacher_t = torch.tensor(kd.teacher, device=device)
+    features_t = torch.tensor(kd.features, device=device) if kd.features is not None else None
 
     def step(global_batch: np.ndarray) -> torch.Tensor:
         local = parallel.shard(global_batch)
@@ -132,6 +148,10 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
         kd_all = distillation_loss(logits, teacher_t[idx], cfg.temperature)
         kd_loss = (kd_all * (role != FORGET)).sum()
         loss = ce + cfg.lambda_kd * kd_loss
+        if features_t is not None:
+            # Embeddings are unit length, so 1 - <student, teacher> is 1 - cosine.
+            drift = 1.0 - (feats * features_t[idx]).sum(-1)
+            loss = loss + cfg.feature_kd * (drift * (role != FORGET)).sum()
         if cfg.forget_weight:
             away = kd_all if cfg.forget_loss == "distill" else forget_loss(
                 feats, head, y, prepared.logit_scale, cfg.forget_loss, cfg.forget_margin)

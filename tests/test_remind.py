@@ -178,3 +178,36 @@ def test_distill_forget_term_uses_the_base_logits_without_the_class(tiny_prepare
     assert {tuple(np.round(r[keep], 3)) for r in masked} == expected
     retain_rows = rows[~(rows < -1e3).any(axis=1)]
     assert np.allclose(np.sort(retain_rows, axis=0), np.sort(p.teacher_logits, axis=0))
+
+
+def _retained_embedding_drift(prepared, state, cpu):
+    """Mean 1 - cosine between the base model's and ``state``'s retained training embeddings."""
+    r = prepared.split("retain_train")
+    pixels = prepared.preprocess(cpu)(prepared.images[r.indices])
+    with torch.no_grad():
+        base, other = (torch.nn.functional.normalize(v.eval()(pixels), dim=-1)
+                       for v in (prepared.model().visual, prepared.model(state).visual))
+    return (1.0 - (base * other).sum(-1)).mean().item()
+
+
+def test_feature_distillation_holds_the_retained_embeddings_near_the_base(tiny_prepared,
+                                                                          forgotten, cpu):
+    """With ``feature_kd`` the retained images' embeddings end closer to the base model's than
+    without it, at the same steps; the distillation set holds the base embeddings of the
+    retained images and zeros for the forget images."""
+    from distforget.remind import FORGET, RETAIN, distillation_set
+
+    knobs = dict(epochs=2, lr=3e-3, layers="all", bn_align_images=0, ema_decay=None,
+                 lambda_kd=0.0, forget_weight=10.0)
+    cfg = RemindConfig(feature_kd=100.0, **knobs)
+    kd = distillation_set(tiny_prepared, cfg, cpu)
+    assert kd.features is not None and len(kd.features) == len(kd.images)
+    assert np.allclose(np.linalg.norm(kd.features[kd.roles == RETAIN], axis=1), 1.0, atol=1e-4)
+    assert not kd.features[kd.roles == FORGET].any()
+    assert distillation_set(tiny_prepared, RemindConfig(**knobs), cpu).features is None
+
+    plain = run_remind(tiny_prepared, RemindConfig(**knobs), forgotten, device=cpu)
+    held = run_remind(tiny_prepared, cfg, forgotten, device=cpu)
+    plain_drift = _retained_embedding_drift(tiny_prepared, plain.state, cpu)
+    held_drift = _retained_embedding_drift(tiny_prepared, held.state, cpu)
+    assert held_drift < 0.75 * plain_drift
