@@ -32,7 +32,8 @@ from distforget.unlearn import unlearn  # noqa: E402
 
 VARIANTS = {
     "defaults": {},
-    "paper": {"remind.forget_weight": 0.0},  # configs/presets/paper.yaml
+    "paper": {"remind.forget_weight": 0.0, "restore.retain_floor": 0.0},  # presets/paper.yaml
+    "no retain bound": {"restore.retain_floor": 0.0},  # the calibration rule before the bound
     "remind 4 epochs": {"remind.epochs": 4},  # the default before remind.epochs became 8
     "feature kd 10": {"remind.feature_kd": 10.0},
     "feature kd 100": {"remind.feature_kd": 100.0},

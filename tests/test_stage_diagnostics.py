@@ -62,7 +62,11 @@ def test_the_reason_names_the_rule_that_chose():
     assert "best calibration retain accuracy (0.900)" in why and "2 of 3" in why
     missed = [dict(r, calib_forget_acc=r["calib_forget_acc"] + 0.5) for r in rows]
     why = explain_choice(cfg, 1.0, 0.0, missed)
-    assert why.startswith("alpha 1: no grid alpha brings") and "lowest (0.500" in why
+    assert why.startswith("alpha 1: no grid alpha's calibration forget accuracy is <= 0.05;")
+    assert "comes nearest (forget 0.500" in why
+    why = explain_choice(cfg, 0.5, 0.0, rows, floor=0.92)  # 0.5 is 0.02 short: the nearest
+    assert "retain accuracy >= 0.920 (0.9 x the base model's)" in why
+    assert "comes nearest (forget 0.040, retain 0.900)" in why
 
 
 def test_unlearn_prints_and_stores_the_diagnostics(tmp_path, monkeypatch, capsys):
