@@ -208,10 +208,11 @@ class RestoreConfig:
     grid: tuple[float, ...] = knob((0.0, 0.2, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0), ge=0, le=1)
     # Calibration rule: the alpha with the best retain accuracy whose forget accuracy is at or
     # below forget_target and whose retain accuracy is at least retain_floor times the base
-    # model's (the target's retain bound); if none is, the alpha nearest to both bounds (the sum
-    # of its two shortfalls). retain_floor 0 is the rule before it existed: the lowest forget
-    # accuracy, however few retained images that soup keeps.
+    # model's; if none is, the alpha nearest to both bounds (the sum of its two shortfalls).
     forget_target: float = knob(0.05, ge=0, le=1)
+    # The calibration rule's retain bound as a share of the base model's calibration retain
+    # accuracy (0.9: the default target's). 0 is the rule before it existed: the lowest forget
+    # accuracy when none meets forget_target, however few retained images that soup keeps.
     retain_floor: float = knob(0.9, ge=0, le=1)
 
 
