@@ -96,9 +96,9 @@ def distillation_set(prepared: Prepared, cfg: RemindConfig, device: torch.device
     features = None
     if cfg.feature_kd:
         kept = roles != FORGET
-        feats = image_features(base, images[kept], prep, precision=precision).float().cpu()
+        feats = image_features(base, images[kept], prep, precision=precision).cpu().numpy()
         features = np.zeros((len(images), feats.shape[1]), np.float32)
-        features[kept] = feats.numpy()
+        features[kept] = feats
     return DistillationSet(
         images=images,
         labels=np.concatenate([p[1] for p in parts]),
@@ -144,14 +144,14 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
         # Each image's role weighs its terms (weights, not a boolean selection, so the host
         # never waits for the device): retained images take cross-entropy and distillation,
         # synthetic ones distillation only, forget images the forget term.
+        distilled = role != FORGET
         ce = (F.cross_entropy(logits, y, reduction="none") * (role == RETAIN)).sum()
         kd_all = distillation_loss(logits, teacher_t[idx], cfg.temperature)
-        kd_loss = (kd_all * (role != FORGET)).sum()
-        loss = ce + cfg.lambda_kd * kd_loss
+        loss = ce + cfg.lambda_kd * (kd_all * distilled).sum()
         if features_t is not None:
             # Embeddings are unit length, so 1 - <student, teacher> is 1 - cosine.
             drift = 1.0 - (feats * features_t[idx]).sum(-1)
-            loss = loss + cfg.feature_kd * (drift * (role != FORGET)).sum()
+            loss = loss + cfg.feature_kd * (drift * distilled).sum()
         if cfg.forget_weight:
             away = kd_all if cfg.forget_loss == "distill" else forget_loss(
                 feats, head, y, prepared.logit_scale, cfg.forget_loss, cfg.forget_margin)

@@ -60,47 +60,49 @@ def soup(base: StateDict, forgotten: StateDict, reminded: StateDict, alpha: floa
 
 
 def calibration_shortfall(row: Mapping[str, float], forget_target: float,
-                          retain_floor: float) -> float:
+                          retain_bound: float) -> float:
     """How far a calibration row is from the rule's two bounds: forget accuracy above
-    ``forget_target`` plus retain accuracy below ``retain_floor`` (0 when it meets both)."""
+    ``forget_target`` plus retain accuracy below ``retain_bound`` (0 when it meets both)."""
     return (max(0.0, row["calib_forget_acc"] - forget_target)
-            + max(0.0, retain_floor - row["calib_retain_acc"]))
+            + max(0.0, retain_bound - row["calib_retain_acc"]))
 
 
 def choose_alpha(evaluate: Callable[[float], Mapping[str, float]], grid: Sequence[float],
-                 forget_target: float, retain_floor: float = 0.0) -> tuple[float, list[dict]]:
+                 forget_target: float, retain_bound: float = 0.0) -> tuple[float, list[dict]]:
     """Choose alpha on the calibration set: the best ``calib_retain_acc`` among the alphas whose
     ``calib_forget_acc`` is at most ``forget_target`` and whose ``calib_retain_acc`` is at
-    least ``retain_floor`` (ties: the smaller alpha, nearer the base); if none is, the alpha
+    least ``retain_bound`` (ties: the smaller alpha, nearer the base); if none is, the alpha
     nearest to both bounds (``calibration_shortfall``; ties: the best retain accuracy). With
-    ``retain_floor`` 0 that is the lowest forget accuracy. ``evaluate`` costs an evaluation
+    ``retain_bound`` 0 that is the lowest forget accuracy. ``evaluate`` costs an evaluation
     only, never training."""
     rows = [{"alpha": float(a), **evaluate(float(a))} for a in grid]
-    best = min(rows, key=lambda r: (calibration_shortfall(r, forget_target, retain_floor),
+    best = min(rows, key=lambda r: (calibration_shortfall(r, forget_target, retain_bound),
                                     -r["calib_retain_acc"], r["alpha"]))
     return best["alpha"], rows
 
 
-def retain_floor(cfg, base_metrics: Mapping[str, float]) -> float:
-    """The calibration rule's retain bound: ``cfg.retain_floor`` (a ``RestoreConfig``) times the
-    base model's calibration retain accuracy (0 where that is unknown)."""
+def calibration_retain_bound(cfg, base_metrics: Mapping[str, float]) -> float:
+    """The calibration rule's retain bound, an accuracy: ``cfg.retain_floor`` (a share; ``cfg``
+    is a ``RestoreConfig``) times the base model's calibration retain accuracy (0 where that is
+    unknown)."""
     base = base_metrics.get("calib_retain_acc", float("nan"))
     return cfg.retain_floor * base if base == base else 0.0
 
 
 def explain_choice(cfg, alpha: float, beta: float, rows: Sequence[Mapping[str, float]],
-                   floor: float = 0.0) -> str:
+                   retain_bound: float = 0.0) -> str:
     """Why the soup is at (alpha, beta), in words: the rule of ``choose_alpha`` applied to its
-    calibration ``rows`` with retain bound ``floor``, or the configured point (``cfg`` is a
+    calibration ``rows`` with ``retain_bound``, or the configured point (``cfg`` is a
     ``RestoreConfig``)."""
     if cfg.choose != "calibration" or not rows:
         return (f"restore.choose is {cfg.choose}: alpha {alpha:g}, beta {beta:g} as set (by the "
                 "config, or proposed by the search)")
-    ok = [r for r in rows if calibration_shortfall(r, cfg.forget_target, floor) == 0]
+    ok = [r for r in rows if calibration_shortfall(r, cfg.forget_target, retain_bound) == 0]
     chosen = next(r for r in rows if r["alpha"] == alpha)
     bounds = f"forget accuracy is <= {cfg.forget_target:g}"
-    if floor:
-        bounds += f" and retain accuracy >= {floor:.3f} ({cfg.retain_floor:g} x the base model's)"
+    if retain_bound:
+        bounds += (f" and retain accuracy >= {retain_bound:.3f} ({cfg.retain_floor:g} x the base "
+                   "model's)")
     if ok:
         return (f"alpha {alpha:g}: the best calibration retain accuracy "
                 f"({chosen['calib_retain_acc']:.3f}) among the {len(ok)} of {len(rows)} grid "

@@ -25,7 +25,7 @@ from distforget import storage
 from distforget.config import BASELINES, RunConfig, to_dict
 from distforget.objectives import METRICS
 from distforget.prepare import Prepared
-from distforget.restore import choose_alpha, interpolate, retain_floor, soup
+from distforget.restore import calibration_retain_bound, choose_alpha, interpolate, soup
 from distforget.training import Parallel, StageHooks, StageOutput
 
 
@@ -320,11 +320,12 @@ def run_trial(prepared: Prepared, cfg: RunConfig, *, launch: Launch, cache: Stag
         else Recipe(cfg.method, tuple(keys))
 
     calibration: list[dict] = []
+    retain_bound = calibration_retain_bound(cfg.restore, prepared.base_metrics)
     if soups and cfg.restore.choose == "calibration":
         grid = [float(a) for a in cfg.restore.grid]
         rows = dict(zip(grid, evaluate([recipe.with_soup(a) for a in grid], "calibration")))
         alpha, calibration = choose_alpha(lambda a: rows[a], grid, cfg.restore.forget_target,
-                                          retain_floor(cfg.restore, prepared.base_metrics))
+                                          retain_bound)
         recipe = recipe.with_soup(alpha)
 
     points = [recipe]
@@ -342,7 +343,7 @@ def run_trial(prepared: Prepared, cfg: RunConfig, *, launch: Launch, cache: Stag
                 extra.append(recipe.with_soup(a, b))
     measured = evaluate(points + extra, "val")
     diagnostics = (diagnose_soups(cfg, recipe, calibration, points + extra, measured,
-                                  retain_floor(cfg.restore, prepared.base_metrics))
+                                  retain_bound)
                    if diagnose and cfg.method == "three_stage" else {})
     measured = measured[:len(points)]
     base = {f"base_{k}": prepared.base_metrics[k] for k in METRICS}
@@ -368,7 +369,7 @@ def _timed(fn: Callable, into: dict[str, float], name: str) -> Callable:
 
 def diagnose_soups(cfg: RunConfig, recipe: Recipe, calibration: list[dict],
                    points: Sequence[Recipe], measured: Sequence[dict],
-                   floor: float = 0.0) -> dict[str, Any]:
+                   retain_bound: float = 0.0) -> dict[str, Any]:
     """The three-stage method stage by stage: held-out metrics after forget (the soup at
     alpha 1, beta 1), after remind (alpha 1, beta 0) and at every measured soup (with its
     calibration row when the grid was used), the chosen point and why, and plain notes on
@@ -401,5 +402,6 @@ def diagnose_soups(cfg: RunConfig, recipe: Recipe, calibration: list[dict],
                      "is kept")
     return {"after_forget": after_forget, "after_remind": after_remind, "soups": soups,
             "alpha": recipe.alpha, "beta": recipe.beta,
-            "why": explain_choice(cfg.restore, recipe.alpha, recipe.beta, calibration, floor),
+            "why": explain_choice(cfg.restore, recipe.alpha, recipe.beta, calibration,
+                                  retain_bound),
             "notes": notes}

@@ -3,8 +3,8 @@ import torch
 
 from distforget.config import RestoreConfig
 from distforget.errors import CheckpointError
-from distforget.restore import (calibration_shortfall, choose_alpha, interpolate, retain_floor,
-                                soup, soup_weights)
+from distforget.restore import (calibration_retain_bound, calibration_shortfall, choose_alpha,
+                                interpolate, soup, soup_weights)
 
 
 def states():
@@ -70,16 +70,17 @@ def test_the_calibration_rule_bounds_retain_accuracy_too():
 
     grid = [0.0, 0.6, 0.8, 1.0]
     assert choose_alpha(evaluate, grid, 0.05)[0] == 0.8   # best retain among those that forget
-    assert choose_alpha(evaluate, grid, 0.05, retain_floor=0.81)[0] == 0.8
+    assert choose_alpha(evaluate, grid, 0.05, retain_bound=0.81)[0] == 0.8
     assert choose_alpha(evaluate, grid, 0.045)[0] == 0.6   # no bound: the lowest forget
     # 0.6 is 0.61 short of retain 0.81, 0.8 is 0.005 above forget 0.045: 0.8 is nearest.
-    assert choose_alpha(evaluate, grid, 0.045, retain_floor=0.81)[0] == 0.8
+    assert choose_alpha(evaluate, grid, 0.045, retain_bound=0.81)[0] == 0.8
     assert calibration_shortfall({"calib_forget_acc": 0.12, "calib_retain_acc": 0.7},
                                  0.05, 0.81) == pytest.approx(0.07 + 0.11)
 
 
 def test_the_retain_floor_is_a_share_of_the_base_models_calibration_retain_accuracy():
     cfg = RestoreConfig(retain_floor=0.9)
-    assert retain_floor(cfg, {"calib_retain_acc": 0.8}) == pytest.approx(0.72)
-    assert retain_floor(cfg, {"calib_retain_acc": float("nan")}) == 0.0
-    assert retain_floor(RestoreConfig(retain_floor=0.0), {"calib_retain_acc": 0.8}) == 0.0
+    bound = calibration_retain_bound
+    assert bound(cfg, {"calib_retain_acc": 0.8}) == pytest.approx(0.72)
+    assert bound(cfg, {"calib_retain_acc": float("nan")}) == 0.0
+    assert bound(RestoreConfig(retain_floor=0.0), {"calib_retain_acc": 0.8}) == 0.0

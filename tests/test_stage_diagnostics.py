@@ -64,7 +64,7 @@ def test_the_reason_names_the_rule_that_chose():
     why = explain_choice(cfg, 1.0, 0.0, missed)
     assert why.startswith("alpha 1: no grid alpha's calibration forget accuracy is <= 0.05;")
     assert "comes nearest (forget 0.500" in why
-    why = explain_choice(cfg, 0.5, 0.0, rows, floor=0.92)  # 0.5 is 0.02 short: the nearest
+    why = explain_choice(cfg, 0.5, 0.0, rows, retain_bound=0.92)  # 0.5 is 0.02 short: the nearest
     assert "retain accuracy >= 0.920 (0.9 x the base model's)" in why
     assert "comes nearest (forget 0.040, retain 0.900)" in why
 
