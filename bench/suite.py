@@ -15,7 +15,9 @@ else the held-out evaluation values (said so in the table's note); whether the t
 ``forget_acc <= 0.05, retain_acc >= 0.9 x base, zeroshot_acc >= 0.95 x base`` holds on each
 seed; the gap to retrain (mean absolute difference of forget, retain and zero-shot accuracy);
 and the wall time. The tables go into bench/RESULTS.md's suite section (``--no-write``: print
-only). A finished run folder is reused (its recorded wall time too); ``--fresh`` runs again.
+only). A finished run folder is reused (its recorded wall time too); ``--fresh`` runs again. A
+reused run searched with ``--no-retrain`` gets its retrain reference added by a later call
+without that flag (the search is kept).
 
     python bench/suite.py                # every scenario, 3 seeds, default budget (hours on 2 cores)
     python bench/suite.py --smoke        # embedded only, 2 trials, 1 seed, no baselines
@@ -270,7 +272,12 @@ def run_one(name: str, seed: int, args) -> dict:
         shutil.rmtree(folder)
     if summary_path.is_file():
         print(f"{run_name}: reusing {summary_path}", flush=True)
-        return {**json.loads(summary_path.read_text()), "reused": True}
+        result = json.loads(summary_path.read_text())
+        if args.run and args.retrain and result.get("status") == "ok" and "retrain" not in result:
+            # A run searched with --no-retrain: add its retrain reference, keep the search.
+            add_retrain(result, folder, folder.parent / f"{run_name}.log")
+            summary_path.write_text(json.dumps(result, indent=2, default=float))
+        return {**result, "reused": True}
     overrides = [f"{k}={seed}" for k in SEED_KEYS] + [f"output.storage={storage}",
                                                       f"output.name={run_name}"]
     if args.num_trials:
@@ -298,19 +305,28 @@ def run_one(name: str, seed: int, args) -> dict:
     result.update(metrics=chosen_metrics(chosen), why=chosen.get("why"),
                   trial_id=chosen.get("trial_id"))
     if args.retrain:
-        start = time.perf_counter()
-        with open(log, "a") as out:
-            proc = subprocess.run([sys.executable, "-m", "distforget.unlearn", "--config",
-                                   config, "--method", "retrain", "--out", "", *overrides],
-                                  cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-        result["retrain_wall_s"] = time.perf_counter() - start
-        records = folder / "unlearn.json"
-        if proc.returncode == 0 and records.is_file():
-            result["retrain"] = json.loads(records.read_text())[0]
-        else:
-            result["retrain_status"] = f"failed (exit {proc.returncode}; see {log})"
+        add_retrain(result, folder, log)
     summary_path.write_text(json.dumps(result, indent=2, default=float))
     return result
+
+
+def add_retrain(result: dict[str, Any], folder: Path, log: Path) -> None:
+    """The run's retrain reference (``distforget unlearn --method retrain`` with the run's own
+    config and overrides), into ``result``; its console goes to the end of ``log``."""
+    start = time.perf_counter()
+    print(f"{folder.name}: retrain reference (log: {log})", flush=True)
+    with open(log, "a") as out:
+        proc = subprocess.run([sys.executable, "-m", "distforget.unlearn", "--config",
+                               result["config"], "--method", "retrain", "--out", "",
+                               *result["overrides"]],
+                              cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+    result["retrain_wall_s"] = time.perf_counter() - start
+    records = folder / "unlearn.json"
+    if proc.returncode == 0 and records.is_file():
+        result["retrain"] = json.loads(records.read_text())[0]
+        result.pop("retrain_status", None)
+    else:
+        result["retrain_status"] = f"failed (exit {proc.returncode}; see {log})"
 
 
 def ensure_data(name: str) -> None:

@@ -132,3 +132,35 @@ def test_the_comparison_sets_each_scenario_beside_its_earlier_runs(tmp_path):
     folder.mkdir()
     (folder / "suite.json").write_text(json.dumps(before[0]))
     assert earlier_runs(tmp_path, ["embedded", "cifar10-cat"], 3) == before
+
+
+def test_a_reused_run_without_a_retrain_reference_gets_one_and_keeps_its_search(
+        tmp_path, monkeypatch):
+    import json
+    from types import SimpleNamespace
+
+    import bench.suite as suite
+
+    folder = suite.run_dir(tmp_path, "embedded", 0)
+    folder.mkdir(parents=True)
+    searched = {**run(0, 0.0, 0.9, 0.95), "config": "c.yaml", "overrides": ["scenario.seed=0"]}
+    (folder / "suite.json").write_text(json.dumps(searched))
+    calls = []
+
+    def fake_retrain(result, run_folder, log):
+        calls.append(run_folder)
+        result["retrain"] = {"forget_acc": 0.0, "retain_acc": 0.9, "zeroshot_acc": 0.9}
+
+    monkeypatch.setattr(suite, "add_retrain", fake_retrain)
+    monkeypatch.setattr(suite.subprocess, "run", lambda *a, **k: pytest.fail("searched again"))
+    args = SimpleNamespace(storage=str(tmp_path), fresh=False, run=False, retrain=True)
+    assert "retrain" not in suite.run_one("embedded", 0, args)  # --no-run adds nothing
+    assert calls == []
+    args.run = True
+    result = suite.run_one("embedded", 0, args)
+    assert calls == [folder] and result["retrain"]["retain_acc"] == 0.9
+    stored = json.loads((folder / "suite.json").read_text())
+    assert stored["retrain"]["retain_acc"] == 0.9
+    assert stored["metrics"] == searched["metrics"]
+    suite.run_one("embedded", 0, args)  # now complete: not added twice
+    assert len(calls) == 1

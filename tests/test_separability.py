@@ -1,0 +1,37 @@
+"""bench/separability.py's probes: on frozen base features, and trained with the whole tower."""
+
+import torch
+
+from bench.separability import finetune_probe, fit_probe
+from distforget.evaluate import image_features
+
+
+def scores(prepared, visual, probe, split):
+    w, b = probe
+    images = prepared.images[prepared.split(split).indices]
+    with torch.no_grad():
+        return image_features(visual, images, prepared.preprocess(torch.device("cpu"))) @ w + b
+
+
+def test_the_frozen_probe_ranks_forget_images_above_retained_ones(tiny_prepared):
+    visual = tiny_prepared.model().visual
+    prep = tiny_prepared.preprocess(torch.device("cpu"))
+    feats = {s: image_features(visual, tiny_prepared.images[tiny_prepared.split(s).indices], prep)
+             for s in ("forget_train", "retain_train")}
+    probe = fit_probe(feats["forget_train"], feats["retain_train"])
+    assert (scores(tiny_prepared, visual, probe, "forget_train").mean()
+            > scores(tiny_prepared, visual, probe, "retain_train").mean())
+
+
+def test_the_finetuned_probe_trains_every_layer_of_the_tower(tiny_prepared, cpu):
+    visual = tiny_prepared.model().visual
+    before = {n: p.detach().clone() for n, p in visual.named_parameters()}
+    probe = finetune_probe(visual, tiny_prepared, tiny_prepared.preprocess(cpu), epochs=2,
+                           seed=0, lr=1e-3)
+    changed = [n for n, p in visual.named_parameters() if not torch.equal(p, before[n])]
+    assert len(changed) == len(before)
+    assert not visual.training
+    forget = scores(tiny_prepared, visual, probe, "forget_train")
+    retain = scores(tiny_prepared, visual, probe, "retain_train")
+    # Trained to tell them apart: the training forget images score above the retained ones.
+    assert forget.mean() > retain.mean()
