@@ -378,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", dest="write", action="store_false",
                         help="do not write bench/RESULTS.md")
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
+    parser.add_argument("--section", metavar="NAME",
+                        help="write the tables between the markers <!-- NAME:begin --> and "
+                             "<!-- NAME:end --> of the results file instead of the suite's own "
+                             "section (for a run of some scenarios or seeds beside the full one)")
     parser.add_argument("--compare", default=None, metavar="STORAGE",
                         help="earlier suite runs (their --storage) to set beside these, with "
                              "the stage and search keys in which the runs differ")
@@ -389,8 +393,15 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--scenarios: {unknown[0]!r} is not one of {', '.join(SCENARIOS)}")
 
-    from bench.common import machine
+    from bench.common import machine, replace_section
 
+    if args.section and args.write:
+        text = Path(args.results).read_text() if Path(args.results).is_file() else ""
+        markers = [f"<!-- {args.section}:{end} -->" for end in ("begin", "end")]
+        missing = [m for m in markers if m not in text]
+        if missing:  # said before hours of searching, not after
+            parser.error(f"--section {args.section!r}: {args.results} has no {missing[0]} "
+                         f"(expected both {' and '.join(markers)} to write between)")
     start = time.perf_counter()
     runs = []
     if args.compare and not Path(args.compare).is_dir():
@@ -448,8 +459,11 @@ def main(argv: list[str] | None = None) -> int:
         comparison(runs, names, args) if args.compare else []))
     print("\n" + body)
     if args.write:
-        write_section(Path(args.results), body)
-        print(f"\nwrote the suite section of {args.results}")
+        if args.section:
+            replace_section(Path(args.results), args.section, body)
+        else:
+            write_section(Path(args.results), body)
+        print(f"\nwrote the {args.section or 'suite'} section of {args.results}")
     return 0 if all(r["status"] == "ok" for r in runs) else 1
 
 

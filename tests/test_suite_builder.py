@@ -164,3 +164,27 @@ def test_a_reused_run_without_a_retrain_reference_gets_one_and_keeps_its_search(
     assert stored["metrics"] == searched["metrics"]
     suite.run_one("embedded", 0, args)  # now complete: not added twice
     assert len(calls) == 1
+
+
+def test_a_named_section_takes_the_tables_and_a_missing_one_is_refused_first(tmp_path):
+    import json
+
+    import bench.suite as suite
+
+    storage = tmp_path / "runs"
+    folder = suite.run_dir(storage, "embedded", 0)
+    folder.mkdir(parents=True)
+    (folder / "suite.json").write_text(json.dumps(run(0, 0.0, 0.9, 0.95)))
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# r\n\n<!-- suite:begin -->\nmain\n<!-- suite:end -->\n\n"
+                       "<!-- part:begin -->\nold\n<!-- part:end -->\n")
+    common = ["--scenarios", "embedded", "--seeds", "1", "--storage", str(storage),
+              "--results", str(results), "--no-run"]
+    suite.main([*common, "--section", "part"])
+    text = results.read_text()
+    assert "main" in text and "old" not in text
+    part = text.split("<!-- part:begin -->", 1)[1].split("<!-- part:end -->", 1)[0]
+    assert "| embedded | 0 |" in part
+    with pytest.raises(SystemExit):
+        suite.main([*common, "--section", "nowhere"])
+    assert results.read_text() == text
