@@ -33,6 +33,7 @@ Figures go into bench/RESULTS.md's separability section (``--no-write``: print o
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from datetime import date
 from pathlib import Path
@@ -50,7 +51,7 @@ from distforget.config import load_config  # noqa: E402
 from distforget.evaluate import image_features, zero_shot_logits  # noqa: E402
 from distforget.prepare import prepare  # noqa: E402
 from distforget.report import markdown_table  # noqa: E402
-from distforget.training import embed, global_batches, train_mode  # noqa: E402
+from distforget.training import embed, global_batches, set_trainable, train_mode  # noqa: E402
 
 FLAGGED = 0.95  # share of validation forget images the rule must flag (forget_acc <= 0.05)
 
@@ -88,8 +89,7 @@ def finetune_probe(visual: torch.nn.Module, prepared, prep, epochs: int, seed: i
     weight = torch.where(y == 1, 0.5 / len(forget), 0.5 / len(retain)) * len(rows)
     w = torch.zeros(np.asarray(prepared.head).shape[1], requires_grad=True)
     b = torch.zeros(1, requires_grad=True)
-    for p in visual.parameters():
-        p.requires_grad_(True)
+    set_trainable(visual, None)
     train_mode(visual)
     opt = torch.optim.AdamW([*visual.parameters(), w, b], lr=lr, weight_decay=0.01)
     gen = torch.Generator().manual_seed(seed)
@@ -126,6 +126,7 @@ def measure(config: str | None, seed: int, finetune: int = 0) -> dict:
     def rule(visual: torch.nn.Module, probe=None) -> dict:
         """The threshold rule on ``visual``'s features, with ``probe`` (w, b) or a logistic
         regression fitted on them."""
+        @functools.cache  # forget_train is read twice: for the fit and for the last column
         def feats(split: str) -> torch.Tensor:
             with torch.no_grad():
                 return image_features(visual, prepared.images[prepared.split(split).indices],

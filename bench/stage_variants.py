@@ -41,7 +41,6 @@ VARIANTS = {
     "no retain bound": {"restore.retain_floor": 0.0},  # the calibration rule before the bound
     "remind 4 epochs": {"remind.epochs": 4},  # the default before remind.epochs became 8
     "remind 8 epochs": {"remind.epochs": 8},  # the default before remind.epochs became 16
-    "remind 16 epochs": {"remind.epochs": 16},
     "feature kd 10": {"remind.feature_kd": 10.0},
     "feature kd 100": {"remind.feature_kd": 100.0},
     "remind all layers": {"remind.layers": "all"},
@@ -58,6 +57,9 @@ def main() -> None:
     config = sys.argv[1] if sys.argv[1] != "-" else None
     seeds = [int(s) for s in sys.argv[2].split(",")]
     names = sys.argv[3].split(";") if len(sys.argv) > 3 else list(VARIANTS)
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"variant {unknown[0]!r}: expected one of {'; '.join(VARIANTS)}")
     torch.set_num_threads(1)
     rows = []
     for seed in seeds:

@@ -245,14 +245,14 @@ def markdown(df: pd.DataFrame) -> str:
 
 def write_section(path: Path, body: str) -> None:
     """Replace the suite section of bench/RESULTS.md (between its markers), or append one."""
+    from bench.common import replace_section
+
     text = path.read_text() if path.is_file() else "# distforget benchmark results\n"
-    section = f"{BEGIN}\n{body.rstrip()}\n{END}"
     if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        text = head + section + rest.split(END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## 7. The scenario suite (`bench/suite.py`)\n\n" + section + "\n"
-    path.write_text(text)
+        replace_section(path, "suite", body.rstrip())
+        return
+    path.write_text(text.rstrip() + "\n\n## 7. The scenario suite (`bench/suite.py`)\n\n"
+                    + f"{BEGIN}\n{body.rstrip()}\n{END}\n")
 
 
 # --- running -----------------------------------------------------------------------------------
@@ -268,6 +268,7 @@ def run_one(name: str, seed: int, args) -> dict:
     folder = run_dir(storage, name, seed)
     run_name = folder.name
     summary_path = folder / "suite.json"
+    log = folder.parent / f"{run_name}.log"
     if args.fresh and folder.exists():
         shutil.rmtree(folder)
     if summary_path.is_file():
@@ -275,7 +276,7 @@ def run_one(name: str, seed: int, args) -> dict:
         result = json.loads(summary_path.read_text())
         if args.run and args.retrain and result.get("status") == "ok" and "retrain" not in result:
             # A run searched with --no-retrain: add its retrain reference, keep the search.
-            add_retrain(result, folder, folder.parent / f"{run_name}.log")
+            add_retrain(result, folder, log)
             summary_path.write_text(json.dumps(result, indent=2, default=float))
         return {**result, "reused": True}
     overrides = [f"{k}={seed}" for k in SEED_KEYS] + [f"output.storage={storage}",
@@ -285,7 +286,6 @@ def run_one(name: str, seed: int, args) -> dict:
     if args.no_baselines:
         overrides.append("search.baselines=[]")
     config = str(ROOT / "configs" / "suite" / f"{name}.yaml")
-    log = folder.parent / f"{run_name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"scenario": name, "seed": seed, "config": config,
                               "overrides": overrides, "status": "ok"}
