@@ -74,6 +74,18 @@ def now() -> float:
     return time.perf_counter()
 
 
+def missing_section(path: Path, name: str) -> str | None:
+    """Why ``replace_section(path, name, ...)`` would fail, or None: checked before a benchmark
+    spends its time, not after."""
+    text = Path(path).read_text() if Path(path).is_file() else ""
+    markers = [f"<!-- {name}:{end} -->" for end in ("begin", "end")]
+    missing = [m for m in markers if m not in text]
+    if missing:
+        return (f"{path} has no {missing[0]} (expected both {' and '.join(markers)} to write "
+                "between)")
+    return None
+
+
 def replace_section(path: Path, name: str, body: str) -> None:
     """Put ``body`` between the markers ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` of a
     Markdown file (a benchmark writes its own figures; nothing is typed by hand)."""

@@ -233,10 +233,29 @@ def earlier_runs(storage: Path, names: list[str], seeds: int) -> list[dict]:
     return found
 
 
-def recorded_config(storage: Path, run: dict) -> dict:
-    """The resolved config a finished run recorded in its ``run.json``."""
+def recorded_info(storage: Path, run: dict) -> dict:
+    """A finished run's ``run.json`` (its resolved config, its search space's text, ...)."""
     path = run_dir(storage, run["scenario"], run["seed"]) / "run.json"
-    return json.loads(path.read_text()).get("config", {}) if path.is_file() else {}
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def space_difference(ours: str | None, theirs: str | None) -> dict[str, tuple[Any, Any]]:
+    """``space.<block>.<key> -> (ours, theirs)`` for every entry of two search space files'
+    texts (``run.json``'s ``space_text``) whose value differs; comments do not count."""
+    import yaml
+
+    a, b = yaml.safe_load(ours or "") or {}, yaml.safe_load(theirs or "") or {}
+    diff = {}
+    for block in sorted(set(a) | set(b)):
+        x, y = a.get(block, ABSENT), b.get(block, ABSENT)
+        if isinstance(x, dict) or isinstance(y, dict):  # a missing block lists no entries
+            x, y = ({} if v == ABSENT else v for v in (x, y))
+        if isinstance(x, dict) and isinstance(y, dict):
+            diff.update({f"space.{block}.{k}": (x.get(k, ABSENT), y.get(k, ABSENT))
+                         for k in sorted(set(x) | set(y)) if x.get(k, ABSENT) != y.get(k, ABSENT)})
+        elif x != y:
+            diff[f"space.{block}"] = (x, y)
+    return diff
 
 
 def markdown(df: pd.DataFrame) -> str:
@@ -349,10 +368,13 @@ def comparison(runs: list[dict], names: list[str], args) -> list[str]:
         twin = next((e for e in earlier if (e["scenario"], e["seed"]) ==
                      (run["scenario"], run["seed"])), None)
         if twin is not None:
-            diff.update(config_difference(recorded_config(Path(args.storage), run),
-                                          recorded_config(Path(args.compare), twin)))
-    change = ", ".join(f"`{k}` {a} (before: {b})" for k, a, b in
-                       ((k, *v) for k, v in sorted(diff.items()))) or "no stage or search key"
+            ours, theirs = (recorded_info(Path(args.storage), run),
+                            recorded_info(Path(args.compare), twin))
+            diff.update(config_difference(ours.get("config", {}), theirs.get("config", {})))
+            diff.update(space_difference(ours.get("space_text"), theirs.get("space_text")))
+    change = (", ".join(f"`{k}` {a} (before: {b})" for k, a, b in
+                        ((k, *v) for k, v in sorted(diff.items())))
+              or "no stage or search key and not in the search space")
     return ["", f"Now beside before: the runs under `{args.compare}` of the same scenarios and "
                 f"seeds (only those this suite has; they differ in {change}):", "",
             markdown(comparison_rows(runs, earlier))]
@@ -393,15 +415,12 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"--scenarios: {unknown[0]!r} is not one of {', '.join(SCENARIOS)}")
 
-    from bench.common import machine, replace_section
+    from bench.common import machine, missing_section, replace_section
 
     if args.section and args.write:
-        text = Path(args.results).read_text() if Path(args.results).is_file() else ""
-        markers = [f"<!-- {args.section}:{end} -->" for end in ("begin", "end")]
-        missing = [m for m in markers if m not in text]
+        missing = missing_section(Path(args.results), args.section)
         if missing:  # said before hours of searching, not after
-            parser.error(f"--section {args.section!r}: {args.results} has no {missing[0]} "
-                         f"(expected both {' and '.join(markers)} to write between)")
+            parser.error(f"--section {args.section!r}: {missing}")
     start = time.perf_counter()
     runs = []
     if args.compare and not Path(args.compare).is_dir():

@@ -4,7 +4,7 @@ import pytest
 
 from bench.suite import (BEGIN, END, SCENARIOS, chosen_metrics, clip_rows, comparison_rows,
                          config_difference, earlier_runs, meets_target, recorded_minutes,
-                         scenario_rows, seed_rows, value, write_section)
+                         scenario_rows, seed_rows, space_difference, value, write_section)
 from distforget.config import read_yaml
 
 BASE = {"base_forget_acc": 0.9, "base_retain_acc": 0.8, "base_zeroshot_acc": 0.9}
@@ -117,6 +117,19 @@ def test_the_config_difference_names_changed_stage_keys_but_not_seeds_or_data():
     older = {**before, "search": {}}
     assert config_difference(now, older) == {"remind.epochs": (8, 4),
                                              "search.num_trials": (16, "absent")}
+
+
+def test_the_space_difference_names_changed_space_entries_but_not_comments():
+    before = ("# old comment\nmethod: three_stage\nparams:\n  forget.lr: {type: float, low: 0.1, "
+              "high: 1.0}\nsweep:\n  restore.alpha: [0.4, 1.0]\n")
+    now = before.replace("# old comment", "# another comment").replace("[0.4, 1.0]",
+                                                                       "[0.4, 0.9, 1.0]")
+    assert space_difference(now, before) == {"space.sweep.restore.alpha": ([0.4, 0.9, 1.0],
+                                                                           [0.4, 1.0])}
+    assert space_difference(before, before.replace("# old comment", "")) == {}
+    # A block one space has and the other has not is said to be absent there.
+    assert space_difference(before + "fixed:\n  restore.choose: fixed\n", before) == {
+        "space.fixed.restore.choose": ("fixed", "absent")}
 
 
 def test_the_comparison_sets_each_scenario_beside_its_earlier_runs(tmp_path):

@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import open_clip
 import pandas as pd
@@ -123,6 +124,32 @@ def test_export_round_trip_through_open_clip_reproduces_the_metrics(finished_run
     # The default pick is what the search exported to best/.
     best = json.load(open(os.path.join(run, "best", "distforget.json")))
     assert best["trial_id"] == summary["chosen"]["trial_id"]
+
+
+def test_a_replay_with_a_finer_sweep_measures_new_soups_and_chooses_among_all(finished_run, cpu):
+    from bench.soup_grid import new_soups, replay
+    from distforget.trial import Recipe
+
+    cfg, summary = finished_run
+    run = summary["run"]
+    results = pd.read_parquet(os.path.join(run, "results.parquet"))
+    trials = results[results["source"] == "trial"]
+    # Alphas the search's sweep did not measure: each trial gets each of them once; an alpha it
+    # already measured (its sweep's 1.0) is not measured again.
+    soups = new_soups(results, [0.93, 0.97, 1.0])
+    assert sorted(p for p, _ in soups) == sorted(list(trials["trial_id"]) * 2)
+    assert {r.alpha for _, r in soups} == {0.93, 0.97}
+    assert all(isinstance(r, Recipe) and r.method == "three_stage" for _, r in soups)
+    out = replay(Path(run), [0.93, 0.97], cpu)
+    assert out["new soups"] == 2 * len(trials)
+    (met_before, confident_before, n_before) = out["counts"]["before"]
+    (met_after, confident_after, n_after) = out["counts"]["after"]
+    assert n_after == n_before + 2 * len(trials)
+    assert met_after >= met_before and confident_after >= confident_before
+    # The pick before is the one the search exported; the one after has test metrics.
+    assert out["before"]["trial_id"] == summary["chosen"]["trial_id"]
+    assert all(0.0 <= out["test"][f"test_{m}"] <= 1.0
+               for m in ("forget_acc", "retain_acc", "zeroshot_acc"))
 
 
 def run_cli(args, env, **kw):
