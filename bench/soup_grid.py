@@ -157,9 +157,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     alphas = parse_alphas(args.alphas)
     runs = run_folders(args.runs)
-    if args.section and missing_section(Path(args.results), args.section):
-        parser.error(f"--section {args.section!r}: "
-                     f"{missing_section(Path(args.results), args.section)}")
+    missing = args.section and missing_section(Path(args.results), args.section)
+    if missing:  # said before any run is replayed
+        parser.error(f"--section {args.section!r}: {missing}")
     torch.set_num_threads(1)
     out = []
     for run in runs:

@@ -374,7 +374,7 @@ def comparison(runs: list[dict], names: list[str], args) -> list[str]:
             diff.update(space_difference(ours.get("space_text"), theirs.get("space_text")))
     change = (", ".join(f"`{k}` {a} (before: {b})" for k, a, b in
                         ((k, *v) for k, v in sorted(diff.items())))
-              or "no stage or search key and not in the search space")
+              or "no stage or search key and no search-space entry")
     return ["", f"Now beside before: the runs under `{args.compare}` of the same scenarios and "
                 f"seeds (only those this suite has; they differ in {change}):", "",
             markdown(comparison_rows(runs, earlier))]

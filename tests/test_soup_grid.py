@@ -49,3 +49,17 @@ def test_a_folder_without_runs_is_refused(tmp_path):
     run.mkdir()
     (run / "run.json").write_text("{}")
     assert run_folders([str(tmp_path)]) == [run]
+
+
+def test_a_missing_section_is_refused_before_any_run_is_replayed(tmp_path, capsys):
+    from bench.soup_grid import main
+
+    run = tmp_path / "a-run"
+    run.mkdir()
+    (run / "run.json").write_text("{}")  # would fail if it were replayed
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# results\n")
+    with pytest.raises(SystemExit):
+        main([str(run), "--alphas", "0.9", "--section", "grid", "--results", str(results)])
+    assert "--section 'grid'" in capsys.readouterr().err
+    assert results.read_text() == "# results\n"
