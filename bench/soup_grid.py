@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import machine, missing_section, replace_section  # noqa: E402
 from bench.suite import markdown, meets_target  # noqa: E402
 from distforget.config import from_dict  # noqa: E402
-from distforget.confirm import _pick_options, choose  # noqa: E402
+from distforget.confirm import METHOD_SOURCES, choose, pick_options  # noqa: E402
 from distforget.objectives import ACCURACIES, METRICS, margins  # noqa: E402
 from distforget.pareto import usable  # noqa: E402
 from distforget.prepare import prepare  # noqa: E402
@@ -63,10 +63,16 @@ def parse_alphas(text: str) -> list[float]:
     return alphas
 
 
+def method_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """The search's own finished validation points (its trials and their soups), as the pick
+    reads them."""
+    return usable(results[results["source"].isin(METHOD_SOURCES)])
+
+
 def new_soups(results: pd.DataFrame, alphas: list[float]) -> list[tuple[str, Recipe]]:
     """(parent trial id, recipe) for every alpha of ``alphas`` that a finished three-stage
     trial of the search was not yet measured at (its own soup or its sweep)."""
-    method = usable(results[results["source"].isin(["trial", "sweep"])])
+    method = method_rows(results)
     method = method[method["method"] == "three_stage"]
     parent = method["parent_id"].where(method["source"] == "sweep", method["trial_id"])
     seen = set(zip(parent, method["alpha"].round(9)))
@@ -78,12 +84,11 @@ def new_soups(results: pd.DataFrame, alphas: list[float]) -> list[tuple[str, Rec
     return out
 
 
-def test_verdict(row: pd.Series, results: pd.DataFrame) -> dict:
-    """The chosen point's test metrics and the base model's, as bench/suite.py reads them."""
-    base = results.iloc[0]
-    out = {f"test_{m}": float(row[f"test_{m}"]) for m in ACCURACIES}
-    out.update({f"test_base_{m}": float(base[f"test_base_{m}"]) for m in ACCURACIES})
-    return out
+def test_verdict(row: pd.Series, base: pd.Series) -> dict:
+    """A point's test metrics and the base model's (``base``: any tested row of the results,
+    each carries ``test_base_*``), as bench/suite.py reads them."""
+    return {**{f"test_{m}": float(row[f"test_{m}"]) for m in ACCURACIES},
+            **{f"test_base_{m}": float(base[f"test_base_{m}"]) for m in ACCURACIES}}
 
 
 def replay(run: Path, alphas: list[float], device: torch.device) -> dict:
@@ -105,7 +110,7 @@ def replay(run: Path, alphas: list[float], device: torch.device) -> dict:
     start = time.perf_counter()
     soups = new_soups(results, alphas)
     measured = evaluate([r for _, r in soups], "val")
-    base = {f"base_{m}": float(results.iloc[0][f"base_{m}"]) for m in METRICS}
+    base = {f"base_{m}": float(before[f"base_{m}"]) for m in METRICS}
     rows = [{"trial_id": f"{parent}~a{r.alpha:g}", "parent_id": parent, "source": "sweep",
              "status": "ok", "method": "three_stage", "alpha": r.alpha, "beta": r.beta,
              "recipe": json.dumps(r.to_dict()), **m, **base}
@@ -115,23 +120,24 @@ def replay(run: Path, alphas: list[float], device: torch.device) -> dict:
     tested = after
     if pd.isna(after.get(f"test_{ACCURACIES[0]}")):  # test images are read now, after the choice
         tested = pd.Series(evaluate([Recipe.from_dict(json.loads(after["recipe"]))], "test")[0])
-    options = _pick_options(cfg, info)
-    method_rows = lambda t: usable(t[t["source"].isin(["trial", "sweep"])])  # noqa: E731
+    options = pick_options(cfg, info)
     counts = {}
     for name, table in (("before", results), ("after", grown)):
         slack = np.array(margins(method_rows(table).to_dict("records"), options["target"],
                                  options["base"], options["sizes"]))
         counts[name] = (int((slack >= 0).sum()), int((slack >= options["margin"]).sum()),
                         len(slack))
-    verdict = test_verdict(tested, results)
-    return {"run": f"{run.parent.name}/{run.name}", "new soups": len(rows), "eval_s": time.perf_counter() - start,
-            "counts": counts, "before": before, "after": after, "why": why, "test": verdict,
-            "before_met": meets_target(test_verdict(before, results)),
+    verdict = test_verdict(tested, before)
+    return {"run": f"{run.parent.name}/{run.name}", "new soups": len(rows),
+            "eval_s": time.perf_counter() - start, "counts": counts, "before": before,
+            "after": after, "why": why, "test": verdict,
+            "before_met": meets_target(test_verdict(before, before)),
             "after_met": meets_target(verdict)}
 
 
 def fmt_point(row: pd.Series) -> str:
-    return " / ".join(f"{float(row[m]):.3f}" for m in ACCURACIES) + f" (a {float(row['alpha']):.2f})"
+    return (" / ".join(f"{float(row[m]):.3f}" for m in ACCURACIES)
+            + f" (a {float(row['alpha']):.2f})")
 
 
 def table(out: list[dict]) -> pd.DataFrame:

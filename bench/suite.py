@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -242,8 +243,6 @@ def recorded_info(storage: Path, run: dict) -> dict:
 def space_difference(ours: str | None, theirs: str | None) -> dict[str, tuple[Any, Any]]:
     """``space.<block>.<key> -> (ours, theirs)`` for every entry of two search space files'
     texts (``run.json``'s ``space_text``) whose value differs; comments do not count."""
-    import yaml
-
     a, b = yaml.safe_load(ours or "") or {}, yaml.safe_load(theirs or "") or {}
     diff = {}
     for block in sorted(set(a) | set(b)):

@@ -71,7 +71,7 @@ def run_config(info: Mapping[str, Any], rule: str | None = None) -> RunConfig:
     return cfg if rule is None else replace(cfg, {"search.pick": rule})
 
 
-def _pick_options(cfg: RunConfig, info: Mapping[str, Any]) -> dict[str, Any]:
+def pick_options(cfg: RunConfig, info: Mapping[str, Any]) -> dict[str, Any]:
     """What every pick of a run reads besides its rows: the target, the base model's
     validation metrics, the validation images per metric and the margin (run.json, config)."""
     return {"target": parse_target(cfg.search.target), "base": info["base_metrics"],
@@ -86,7 +86,7 @@ def choose(results: pd.DataFrame, cfg: RunConfig, info: Mapping[str, Any]
     rows = results[results["source"].isin(METHOD_SOURCES)]
     if usable(rows).empty:
         return None, ""
-    return pick(rows, cfg.search.pick, **_pick_options(cfg, info))
+    return pick(rows, cfg.search.pick, **pick_options(cfg, info))
 
 
 def confirmation_params(row: Mapping[str, Any], base_cfg: RunConfig, seeds: int
@@ -106,7 +106,7 @@ def baseline_picks(results: pd.DataFrame, cfg: RunConfig, info: Mapping[str, Any
     """Each baseline's point, chosen among its own rows (its trials and soups) by the same
     rule on validation."""
     rows = usable(results[results["source"] == "baseline"])
-    options = _pick_options(cfg, info)
+    options = pick_options(cfg, info)
     return {method: pick(group, cfg.search.pick, **options)[0]
             for method, group in rows.groupby("method", sort=True)}
 
