@@ -13,11 +13,12 @@ import pandas as pd
 import torch
 
 from distforget.config import RunConfig
-from distforget.objectives import DIRECTIONS, parse_target
+from distforget.objectives import DIRECTIONS
 from distforget.prepare import Prepared
 from distforget.results import rows_from_record
 from distforget.search_space import SearchSpace
-from distforget.study import add_sweep_points, make_sampler, objective_values, set_constraints
+from distforget.study import (Steering, add_sweep_points, make_sampler, objective_values,
+                              set_constraints)
 from distforget.trial import (StageCache, local_evaluator, local_launcher, run_trial,
                               trial_record)
 
@@ -29,10 +30,11 @@ def local_search(prepared: Prepared, base: RunConfig, space: SearchSpace, *, tri
                  on_trial: Callable[[int, dict], None] | None = None,
                  source: str = "trial") -> pd.DataFrame:
     """Run ``trials`` trials; returns the results table (trials and their sweep points). The
-    search's target (``base.search.target``) reaches the sampler as constraints, as in
-    ``python -m distforget.search``."""
+    search's target (``base.search.target``) reaches the sampler as constraints with the pick's
+    margin, as in ``python -m distforget.search``."""
     cache = cache or StageCache()
-    target = parse_target(base.search.target)
+    steering = Steering.of_run(base.search.target, prepared.scenario.summary(),
+                               base.search.pick_margin)
     study = optuna.create_study(directions=DIRECTIONS, sampler=make_sampler(sampler, seed, trials))
     launch = local_launcher(prepared, cache, device)
     evaluate = local_evaluator(prepared, cache, device, base.model.precision)
@@ -55,9 +57,9 @@ def local_search(prepared: Prepared, base: RunConfig, space: SearchSpace, *, tri
             if values is None:
                 study.tell(ot, state=optuna.trial.TrialState.FAIL)
             else:
-                set_constraints(ot, record, target)
+                set_constraints(ot, record, steering)
                 study.tell(ot, values)
-                add_sweep_points(study, space.params, record, target)
+                add_sweep_points(study, space.params, record, steering)
         record["wall_s"] = time.perf_counter() - start
         new = rows_from_record(record)
         for row in new:

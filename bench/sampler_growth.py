@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import machine, replace_section  # noqa: E402
 from distforget.objectives import DEFAULT_TARGET, DIRECTIONS, parse_target  # noqa: E402
 from distforget.search_space import load_space  # noqa: E402
-from distforget.study import constraint_values, make_sampler  # noqa: E402
+from distforget.study import Steering, make_sampler  # noqa: E402
 
 SIZES = (100, 500, 1000, 2000, 5000)
 SAMPLERS = ("tpe", "nsga2", "random")
@@ -53,7 +53,7 @@ def random_trials(n: int, distributions: dict, rng: np.random.Generator, target
         trials.append(optuna.trial.create_trial(
             params=params, distributions=distributions,
             values=[metrics["forget_acc"], metrics["retain_acc"], metrics["zeroshot_acc"]],
-            constraints=constraint_values(metrics, target)))
+            constraints=Steering(target).values(metrics)))
     return trials
 
 
@@ -73,7 +73,7 @@ def time_asks(sampler_name: str, n: int, distributions: dict, asks: int, seed: i
         values = [float(v) for v in rng.uniform(size=3)]
         metrics = dict(zip(("forget_acc", "retain_acc", "zeroshot_acc"), values),
                        base_forget_acc=1.0, base_retain_acc=0.8, base_zeroshot_acc=0.6)
-        for key, value in constraint_values(metrics, target).items():
+        for key, value in Steering(target).values(metrics).items():
             trial.set_constraint(key, value)
         study.tell(trial, values)
     return statistics.median(times)

@@ -244,8 +244,9 @@ class SearchConfig:
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     seed: int = 0
     # Constraints on validation metrics that a good point meets, absolute or relative to the
-    # base model's validation value ("*base"). Handed to Optuna's sampler as constraints, and
-    # what pick "target" picks by.
+    # base model's validation value ("*base"). Handed to Optuna's sampler as constraints (each
+    # asked to hold by pick_margin standard errors, as the pick asks), and what pick "target"
+    # picks by.
     target: str = DEFAULT_TARGET
     # Rule that picks the exported point among validation points: "target" (meets the target
     # by pick_margin, then the highest zeroshot_acc, then retain_acc; else the nearest to it,
@@ -256,6 +257,7 @@ class SearchConfig:
     # proportion at the threshold over that metric's validation images) a point must clear
     # every constraint by to be chosen for its zero-shot accuracy; when none does, the
     # feasible point with the largest margin is chosen. 0: any point that meets the target.
+    # The sampler's constraint values carry the same margin (distforget.study.Steering).
     pick_margin: float = knob(1.0, ge=0)
     # The chosen recipe is trained again with this many further stage seeds (its test metrics
     # per seed, their mean and spread, and whether the target holds on each, are reported).

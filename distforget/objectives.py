@@ -167,12 +167,17 @@ def margins(rows: Sequence[Mapping[str, float]], target: Sequence[Constraint],
         worst = float("inf")
         for c, gap in zip(target, constraint_gaps(row, target, base)):
             n = (sizes or {}).get(c.metric)
-            if not n:
-                continue
-            p = min(max(c.threshold(base), 0.5 / n), 1 - 0.5 / n)
-            worst = min(worst, -gap / (p * (1 - p) / n) ** 0.5)
+            if n:
+                worst = min(worst, -gap / standard_error(c, base, n))
         out.append(worst)
     return out
+
+
+def standard_error(c: Constraint, base: Mapping[str, float] | None, n: int) -> float:
+    """The standard error of a proportion at ``c``'s threshold over ``n`` images, the
+    threshold kept at least half an image from 0 and 1: the unit of a margin."""
+    p = min(max(c.threshold(base), 0.5 / n), 1 - 0.5 / n)
+    return (p * (1 - p) / n) ** 0.5
 
 
 def shortfalls(metrics: Mapping[str, float], target: Sequence[Constraint],

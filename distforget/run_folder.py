@@ -26,7 +26,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import optuna
@@ -37,8 +37,7 @@ from distforget.config import RunConfig
 from distforget.data.sources import default_cache_dir
 from distforget.errors import ConfigError
 from distforget.results import append_results, read_results, rows_from_record
-from distforget.objectives import Constraint
-from distforget.study import add_sweep_points, objective_values, set_constraints
+from distforget.study import Steering, add_sweep_points, objective_values, set_constraints
 
 # Keys that may change between a search and its resumption.
 RESUMABLE = {("search", "num_trials"), ("search", "max_concurrent_trials"), ("search", "pick"),
@@ -294,10 +293,10 @@ class StudyStore:
             storage.write_bytes(self.remote, self.local.read_bytes())
 
 
-def reconcile_study(study: optuna.Study, folder: RunFolder, target: Sequence[Constraint] = ()
+def reconcile_study(study: optuna.Study, folder: RunFolder, steering: Steering = Steering()
                     ) -> dict[str, int]:
     """After an interrupted search: tell the study about trials that finished (their record was
-    written) but were never told, with their constraint values against ``target``, and mark
+    written) but were never told, with their constraint values (``steering``), and mark
     the others, which were cut off, as failed."""
     counts = {"told": 0, "failed": 0}
     running = (optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.WAITING)
@@ -306,10 +305,10 @@ def reconcile_study(study: optuna.Study, folder: RunFolder, target: Sequence[Con
         record = folder.read_trial_record(tid) if tid else None
         values = objective_values(record) if record and record.get("status") == "ok" else None
         if values is not None:
-            if target:
-                set_constraints(optuna.Trial(study, t._trial_id), record, target)
+            if steering:
+                set_constraints(optuna.Trial(study, t._trial_id), record, steering)
             study.tell(t.number, values)
-            add_sweep_points(study, t.distributions, record, target)
+            add_sweep_points(study, t.distributions, record, steering)
             counts["told"] += 1
         else:
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)

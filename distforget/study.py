@@ -8,17 +8,24 @@ model's validation metrics) is set with ``Trial.set_constraint`` under the const
 (``create_trial(constraints=...)``). TPE, NSGA-II and GP read them from the trials and steer
 towards points that meet the target (no ``constraints_func``, which Optuna 5 deprecates); the
 random sampler ignores them.
+
+A constraint's value is its gap plus the pick's margin (``search.pick_margin`` standard errors
+of its validation metric, see ``Steering``): the sampler counts as feasible the points the pick
+(``pareto.pick``) accepts as meeting the target with confidence, not those that meet it by less
+than the validation sample's noise, which the pick passes over.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import optuna
 
 from distforget.errors import ConfigError
-from distforget.objectives import OBJECTIVES, Constraint, constraint_gaps
+from distforget.objectives import (OBJECTIVES, Constraint, constraint_gaps, parse_target,
+                                   standard_error, validation_sizes)
 
 
 def nsga2_population(num_trials: int) -> int:
@@ -41,18 +48,42 @@ def make_sampler(name: str, seed: int, num_trials: int = 200) -> optuna.samplers
     raise ConfigError(f"search.sampler {name!r}: expected tpe, nsga2, gp or random")
 
 
-def constraint_values(metrics: Mapping[str, Any], target: Sequence[Constraint]
-                      ) -> dict[str, float]:
-    """A point's constraint values (<= 0 met) by constraint text; relative thresholds use the
-    point's ``base_<metric>`` values (the base model's validation metrics)."""
-    base = {k[len("base_"):]: v for k, v in metrics.items() if k.startswith("base_")}
-    return dict(zip((str(c) for c in target), constraint_gaps(metrics, target, base)))
+@dataclass(frozen=True)
+class Steering:
+    """The target as the sampler sees it (see the module docstring): ``target``'s constraints,
+    each asked to hold by ``margin`` standard errors of its metric over ``sizes`` validation
+    images (``objectives.standard_error``); a metric without a size asks for no margin."""
+
+    target: tuple[Constraint, ...] = ()
+    sizes: Mapping[str, int] = field(default_factory=dict)
+    margin: float = 0.0
+
+    @classmethod
+    def of_run(cls, target: str, splits: Mapping[str, int] | None,
+               margin: float) -> "Steering":
+        """From ``search.target``, a split summary (``run.json``'s ``prepared.splits``) and
+        ``search.pick_margin``."""
+        return cls(parse_target(target), validation_sizes(splits), float(margin))
+
+    def __bool__(self) -> bool:
+        return bool(self.target)
+
+    def values(self, metrics: Mapping[str, Any]) -> dict[str, float]:
+        """A point's constraint values (<= 0: met by the margin) by constraint text; relative
+        thresholds use the point's ``base_<metric>`` values (the base model's validation
+        metrics)."""
+        base = {k[len("base_"):]: v for k, v in metrics.items() if k.startswith("base_")}
+        out = {}
+        for c, gap in zip(self.target, constraint_gaps(metrics, self.target, base)):
+            n = self.sizes.get(c.metric)
+            out[str(c)] = gap + self.margin * standard_error(c, base, n) if n else gap
+        return out
 
 
 def set_constraints(trial: optuna.Trial, metrics: Mapping[str, Any],
-                    target: Sequence[Constraint]) -> None:
+                    steering: Steering) -> None:
     """Set a running trial's constraint values before it is told (see the module docstring)."""
-    for key, value in constraint_values(metrics, target).items():
+    for key, value in steering.values(metrics).items():
         trial.set_constraint(key, value)
 
 
@@ -63,10 +94,10 @@ def objective_values(metrics: dict) -> list[float] | None:
 
 
 def add_sweep_points(study: optuna.Study, distributions: dict, record: dict,
-                     target: Sequence[Constraint] = ()) -> int:
+                     steering: Steering = Steering()) -> int:
     """Add the extra soups a trial measured as completed trials of the study (same stage
-    parameters, other soup coefficients), with their constraint values when there is a
-    ``target``; returns how many were added."""
+    parameters, other soup coefficients), with their constraint values when ``steering`` has
+    a target; returns how many were added."""
     if "restore.alpha" not in distributions or record.get("status") != "ok":
         return 0
     added = 0
@@ -84,6 +115,6 @@ def add_sweep_points(study: optuna.Study, distributions: dict, record: dict,
                         "tune_trial_id": f"{record['trial_id']}~{i}",
                         **{k: point["metrics"][k] for k in ("mia_auc", "forget_sim")
                            if point["metrics"].get(k) is not None}},
-            constraints=constraint_values({**record, **point["metrics"]}, target) or None))
+            constraints=steering.values({**record, **point["metrics"]}) or None))
         added += 1
     return added

@@ -1,11 +1,11 @@
+import numpy as np
 import optuna
 import pytest
 
 from distforget.errors import ConfigError
-from distforget.objectives import DIRECTIONS
-from distforget.objectives import parse_target
-from distforget.study import (add_sweep_points, constraint_values, make_sampler,
-                              nsga2_population, set_constraints)
+from distforget.objectives import DIRECTIONS, margins, parse_target
+from distforget.study import (Steering, add_sweep_points, make_sampler, nsga2_population,
+                              set_constraints)
 
 
 def test_nsga2_population_is_a_quarter_of_the_budget_within_bounds():
@@ -55,7 +55,7 @@ def test_a_constrained_search_steers_towards_points_that_meet_the_target():
             trial = study.ask()
             x = trial.suggest_float("x", 0, 1)
             if constrained:
-                set_constraints(trial, {"retain_acc": x}, target)
+                set_constraints(trial, {"retain_acc": x}, Steering(target))
             study.tell(trial, x)
         return sum(t.params["x"] >= 0.5 for t in study.trials[20:])
 
@@ -70,10 +70,46 @@ def test_sweep_points_carry_their_constraint_values_for_the_sampler():
               "base_retain_acc": 0.8,
               "sweep": [{"recipe": {"alpha": 1.0, "beta": 0.0},
                          "metrics": {"forget_acc": 0.1, "retain_acc": 0.7, "zeroshot_acc": 0.9}}]}
-    assert add_sweep_points(study, dist, record, target) == 1
+    assert add_sweep_points(study, dist, record, Steering(target)) == 1
     trial, = study.trials
     assert trial.constraints == pytest.approx({"forget_acc<=0.05": 0.05,
                                                "retain_acc>=0.9*base": 0.02})
-    assert constraint_values({"forget_acc": 0.0, "retain_acc": 0.8, "base_retain_acc": 0.8},
-                             target) == pytest.approx({"forget_acc<=0.05": -0.05,
-                                                       "retain_acc>=0.9*base": -0.08})
+    assert Steering(target).values({"forget_acc": 0.0, "retain_acc": 0.8,
+                                    "base_retain_acc": 0.8}) == pytest.approx(
+        {"forget_acc<=0.05": -0.05, "retain_acc>=0.9*base": -0.08})
+
+
+def test_the_pick_margin_moves_each_constraint_by_its_standard_errors():
+    """forget_acc<=0.05 over 100 validation images: one standard error is
+    sqrt(0.05 x 0.95 / 100) = 0.0218, so a point at 0.04 meets the target but not by the
+    margin; a metric without a size asks for no margin."""
+    steering = Steering(parse_target("forget_acc<=0.05, zeroshot_acc>=0.5"),
+                        {"forget_acc": 100}, 1.0)
+    values = steering.values({"forget_acc": 0.04, "zeroshot_acc": 0.6})
+    assert values == pytest.approx({"forget_acc<=0.05": -0.01 + 0.0218,
+                                    "zeroshot_acc>=0.5": -0.1}, abs=1e-4)
+    assert Steering.of_run("forget_acc<=0.05", {"val_forget": 100}, 2.0).values(
+        {"forget_acc": 0.0})["forget_acc<=0.05"] == pytest.approx(-0.05 + 2 * 0.0218, abs=1e-4)
+    assert Steering.of_run("forget_acc<=0.05", None, 2.0).values(
+        {"forget_acc": 0.0}) == pytest.approx({"forget_acc<=0.05": -0.05})
+
+
+@pytest.mark.parametrize("margin", [0.0, 1.0, 1.8])
+def test_the_sampler_counts_as_feasible_exactly_the_points_the_pick_accepts(margin):
+    """Every constraint value <= 0 if and only if the pick's margin (objectives.margins) is
+    at least ``margin``: the sampler and the pick (pareto.pick) agree on every point."""
+    target = parse_target("forget_acc<=0.05, retain_acc>=0.9*base, zeroshot_acc>=0.95*base")
+    sizes = {"forget_acc": 226, "retain_acc": 274, "zeroshot_acc": 500}
+    base = {"forget_acc": 1.0, "retain_acc": 0.6, "zeroshot_acc": 0.72}
+    steering = Steering(target, sizes, margin)
+    rng = np.random.default_rng(0)
+    agree, feasible = 0, 0
+    for _ in range(2000):
+        row = {"forget_acc": rng.uniform(0, 0.12), "retain_acc": rng.uniform(0.45, 0.7),
+               "zeroshot_acc": rng.uniform(0.62, 0.8),
+               **{f"base_{k}": v for k, v in base.items()}}
+        sampler_ok = all(v <= 0 for v in steering.values(row).values())
+        pick_ok = margins([row], target, base, sizes)[0] >= margin
+        agree += sampler_ok == pick_ok
+        feasible += sampler_ok
+    assert agree == 2000 and 0 < feasible < 2000

@@ -41,12 +41,12 @@ from distforget.config import from_dict, replace
 from distforget.distributed.cluster import in_actor, trial_resources
 from distforget.distributed.train import (StageFailed, actor_device, epoch_metrics,
                                           ray_evaluator, ray_launcher)
-from distforget.objectives import OBJECTIVES, Constraint
+from distforget.objectives import OBJECTIVES
 from distforget.pareto import pareto_front, usable
 from distforget.results import rows_from_record
 from distforget.run_folder import RunFolder, is_builtin_print, printed
 from distforget.search_space import SearchSpace
-from distforget.study import add_sweep_points, set_constraints
+from distforget.study import Steering, add_sweep_points, set_constraints
 from distforget.threads import set_torch_threads
 from distforget.trial import (StageCache, local_evaluator, local_launcher, run_trial,
                               trial_record)
@@ -115,13 +115,14 @@ REPORTED = ("alpha", "mia_auc", "forget_sim", "wall_s")
 
 class SweepOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that tags each Optuna trial with its Tune trial id, sets its constraint
-    values against the target before it is told (so the sampler steers towards the target),
+    values against the target before it is told (``steering``: so the sampler steers towards
+    points the pick accepts),
     and feeds the extra soups every trial measured to the study as further completed trials."""
 
-    def __init__(self, *args, target: Sequence[Constraint] = (), folder: RunFolder,
+    def __init__(self, *args, steering: Steering = Steering(), folder: RunFolder,
                  **kwargs):
         super().__init__(*args, **kwargs)
-        self._target = tuple(target)
+        self._steering = steering
         self._folder = folder
         # optuna-dashboard then names the objectives instead of "Objective 0/1/2".
         with warnings.catch_warnings():
@@ -142,11 +143,11 @@ class SweepOptunaSearch(OptunaSearch):
             for key in ("source", "mia_auc", "forget_sim", "alpha", "parent_id"):
                 if record.get(key) is not None:
                     ot_trial.set_user_attr(key, record[key])
-            if self._target:
-                set_constraints(ot_trial, record, self._target)
+            if self._steering:
+                set_constraints(ot_trial, record, self._steering)
         super().on_trial_complete(trial_id, result, error)
         if record is not None and not error:
-            add_sweep_points(self._ot_study, self._space, record, self._target)
+            add_sweep_points(self._ot_study, self._space, record, self._steering)
 
 
 def _value(v: Any) -> str:

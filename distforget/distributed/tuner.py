@@ -41,7 +41,7 @@ from distforget.report import build_report
 from distforget.run_folder import (RunFolder, RunLog, StudyStore, reconcile_study, run_info,
                                    search_identity)
 from distforget.search_space import SearchSpace, load_space
-from distforget.study import make_sampler
+from distforget.study import Steering, make_sampler
 from distforget.trial import StageCache, local_evaluator
 
 
@@ -156,25 +156,32 @@ def run_baselines(driver: Driver, space: SearchSpace) -> None:
                params={"method": "method"}, max_concurrent_trials=min(driver.mc, len(todo)))
 
 
+def run_steering(cfg: RunConfig, folder: RunFolder) -> Steering:
+    """The search's target as its samplers see it: with the pick's margin over the run's
+    validation images (``run.json``, written before the first trial)."""
+    splits = folder.read_info().get("prepared", {}).get("splits")
+    return Steering.of_run(cfg.search.target, splits, cfg.search.pick_margin)
+
+
 def run_study(driver: Driver, space: SearchSpace, *, source: str, num_trials: int,
               study_name: str, finished: int) -> None:
     """An Optuna study's missing trials; a resumed study is reconciled with the records."""
     cfg, folder = driver.cfg, driver.folder
     study_store = StudyStore(folder)
     study_storage = study_store.storage()
-    target = parse_target(cfg.search.target)
+    steering = run_steering(cfg, folder)
     remaining = num_trials - finished
     if finished:
         study = optuna.create_study(storage=study_storage, study_name=study_name,
                                     directions=DIRECTIONS, load_if_exists=True)
-        counts = reconcile_study(study, folder, target)
+        counts = reconcile_study(study, folder, steering)
         driver.log(f"resuming: {finished} trials of {study_name} finished, {remaining} to run "
                    f"(study: {counts['told']} recovered, {counts['failed']} marked failed)")
     if remaining > 0:
         searcher = SweepOptunaSearch(
             space=space.params, metric=list(OBJECTIVES), mode=list(OBJECTIVES.values()),
             sampler=make_sampler(cfg.search.sampler, cfg.search.seed, num_trials),
-            study_name=study_name, storage=study_storage, target=target, folder=folder)
+            study_name=study_name, storage=study_storage, steering=steering, folder=folder)
         driver.fit(
             _trainable({**driver.shared, "source": source, "space": space,
                         "sweep": space.sweep}, cfg.resources),
@@ -197,10 +204,10 @@ def settle_interrupted(cfg: RunConfig, folder: RunFolder, stop: SearchInterrupte
     folder.recover_records()
     study_store = StudyStore(folder)
     study_storage = study_store.storage()
-    target = parse_target(cfg.search.target)
+    steering = run_steering(cfg, folder)
     for name in optuna.study.get_all_study_names(study_storage):
         reconcile_study(optuna.load_study(study_name=name, storage=study_storage), folder,
-                        target)
+                        steering)
     study_store.sync()
     results = folder.read_results()
     trials = results[results["source"] == "trial"]

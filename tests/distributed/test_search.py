@@ -14,6 +14,8 @@ import pytest
 
 
 from distforget.config import load_config
+from distforget.objectives import OBJECTIVES, parse_target
+from distforget.study import Steering
 from tests.factories import SEARCHABLE
 
 pytestmark = pytest.mark.ray  # every test here starts or joins Ray
@@ -100,6 +102,19 @@ def test_a_search_leaves_every_output(finished_run):
     # Each carries its constraint values against the target, for the sampler.
     assert all(set(t.constraints) == {"forget_acc<=0.05", "retain_acc>=0.9*base",
                                       "zeroshot_acc>=0.95*base"} for t in complete)
+    # ... each the constraint's gap plus the pick's margin in standard errors over the run's
+    # validation images, so the sampler aims at points the pick accepts.
+    splits = json.load(open(os.path.join(run, "run.json")))["prepared"]["splits"]
+    steering = Steering.of_run(cfg.search.target, splits, cfg.search.pick_margin)
+    raw = Steering(parse_target(cfg.search.target))
+    assert cfg.search.pick_margin > 0 and set(steering.sizes) == set(OBJECTIVES)
+    rows = trials.set_index("trial_id")
+    for t in complete:
+        if "sweep_of" in t.user_attrs:
+            continue
+        row = rows.loc[t.user_attrs["tune_trial_id"]].to_dict()
+        assert t.constraints == pytest.approx(steering.values(row))
+        assert all(t.constraints[k] > v for k, v in raw.values(row).items())
 
 
 def test_export_round_trip_through_open_clip_reproduces_the_metrics(finished_run, tmp_path, cpu):
