@@ -33,8 +33,7 @@ def local_search(prepared: Prepared, base: RunConfig, space: SearchSpace, *, tri
     search's target (``base.search.target``) reaches the sampler as constraints with the pick's
     margin, as in ``python -m distforget.search``."""
     cache = cache or StageCache()
-    steering = Steering.of_run(base.search.target, prepared.scenario.summary(),
-                               base.search.pick_margin)
+    steering = Steering.of_run(base.search, prepared.scenario.summary())
     study = optuna.create_study(directions=DIRECTIONS, sampler=make_sampler(sampler, seed, trials))
     launch = local_launcher(prepared, cache, device)
     evaluate = local_evaluator(prepared, cache, device, base.model.precision)

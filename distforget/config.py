@@ -244,9 +244,9 @@ class SearchConfig:
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     seed: int = 0
     # Constraints on validation metrics that a good point meets, absolute or relative to the
-    # base model's validation value ("*base"). Handed to Optuna's sampler as constraints (each
-    # asked to hold by pick_margin standard errors, as the pick asks), and what pick "target"
-    # picks by.
+    # base model's validation value ("*base"). Handed to Optuna's sampler as constraints (with
+    # pick "target", each asked to hold by pick_margin standard errors, as that pick asks), and
+    # what pick "target" picks by.
     target: str = DEFAULT_TARGET
     # Rule that picks the exported point among validation points: "target" (meets the target
     # by pick_margin, then the highest zeroshot_acc, then retain_acc; else the nearest to it,

@@ -9,10 +9,11 @@ model's validation metrics) is set with ``Trial.set_constraint`` under the const
 towards points that meet the target (no ``constraints_func``, which Optuna 5 deprecates); the
 random sampler ignores them.
 
-A constraint's value is its gap plus the pick's margin (``search.pick_margin`` standard errors
-of its validation metric, see ``Steering``): the sampler counts as feasible the points the pick
-(``pareto.pick``) accepts as meeting the target with confidence, not those that meet it by less
-than the validation sample's noise, which the pick passes over.
+Under the ``target`` pick, a constraint's value is its gap plus the pick's margin
+(``search.pick_margin`` standard errors of its validation metric, see ``Steering``): the sampler
+counts as feasible the points the pick (``pareto.pick``) accepts as meeting the target with
+confidence, not those that meet it by less than the validation sample's noise, which the pick
+passes over.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ from typing import Any, Mapping
 import optuna
 
 from distforget.errors import ConfigError
-from distforget.objectives import (OBJECTIVES, Constraint, constraint_gaps, parse_target,
-                                   standard_error, validation_sizes)
+from distforget.objectives import (OBJECTIVES, Constraint, constraint_gaps, parse_rule,
+                                   parse_target, standard_error, validation_sizes)
 
 
 def nsga2_population(num_trials: int) -> int:
@@ -59,11 +60,12 @@ class Steering:
     margin: float = 0.0
 
     @classmethod
-    def of_run(cls, target: str, splits: Mapping[str, int] | None,
-               margin: float) -> "Steering":
-        """From ``search.target``, a split summary (``run.json``'s ``prepared.splits``) and
-        ``search.pick_margin``."""
-        return cls(parse_target(target), validation_sizes(splits), float(margin))
+    def of_run(cls, search: Any, splits: Mapping[str, int] | None) -> "Steering":
+        """From a run's ``search`` config (its ``target``; ``pick_margin`` where ``pick`` is
+        ``target``, the rule that reads it, else no margin) and a split summary (``run.json``'s
+        ``prepared.splits``)."""
+        margin = search.pick_margin if parse_rule(search.pick).kind == "target" else 0.0
+        return cls(parse_target(search.target), validation_sizes(splits), float(margin))
 
     def __bool__(self) -> bool:
         return bool(self.target)

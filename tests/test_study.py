@@ -2,6 +2,7 @@ import numpy as np
 import optuna
 import pytest
 
+from distforget.config import SearchConfig
 from distforget.errors import ConfigError
 from distforget.objectives import DIRECTIONS, margins, parse_target
 from distforget.study import (Steering, add_sweep_points, make_sampler, nsga2_population,
@@ -88,9 +89,14 @@ def test_the_pick_margin_moves_each_constraint_by_its_standard_errors():
     values = steering.values({"forget_acc": 0.04, "zeroshot_acc": 0.6})
     assert values == pytest.approx({"forget_acc<=0.05": -0.01 + 0.0218,
                                     "zeroshot_acc>=0.5": -0.1}, abs=1e-4)
-    assert Steering.of_run("forget_acc<=0.05", {"val_forget": 100}, 2.0).values(
+    search = SearchConfig(target="forget_acc<=0.05", pick_margin=2.0)
+    assert Steering.of_run(search, {"val_forget": 100}).values(
         {"forget_acc": 0.0})["forget_acc<=0.05"] == pytest.approx(-0.05 + 2 * 0.0218, abs=1e-4)
-    assert Steering.of_run("forget_acc<=0.05", None, 2.0).values(
+    assert Steering.of_run(search, None).values(
+        {"forget_acc": 0.0}) == pytest.approx({"forget_acc<=0.05": -0.05})
+    # Only the target pick reads the margin; under another rule the sampler asks for none.
+    knee = SearchConfig(target="forget_acc<=0.05", pick="knee", pick_margin=2.0)
+    assert Steering.of_run(knee, {"val_forget": 100}).values(
         {"forget_acc": 0.0}) == pytest.approx({"forget_acc<=0.05": -0.05})
 
 

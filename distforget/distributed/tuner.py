@@ -160,7 +160,7 @@ def run_steering(cfg: RunConfig, folder: RunFolder) -> Steering:
     """The search's target as its samplers see it: with the pick's margin over the run's
     validation images (``run.json``, written before the first trial)."""
     splits = folder.read_info().get("prepared", {}).get("splits")
-    return Steering.of_run(cfg.search.target, splits, cfg.search.pick_margin)
+    return Steering.of_run(cfg.search, splits)
 
 
 def run_study(driver: Driver, space: SearchSpace, *, source: str, num_trials: int,

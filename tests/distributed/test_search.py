@@ -105,7 +105,7 @@ def test_a_search_leaves_every_output(finished_run):
     # ... each the constraint's gap plus the pick's margin in standard errors over the run's
     # validation images, so the sampler aims at points the pick accepts.
     splits = json.load(open(os.path.join(run, "run.json")))["prepared"]["splits"]
-    steering = Steering.of_run(cfg.search.target, splits, cfg.search.pick_margin)
+    steering = Steering.of_run(cfg.search, splits)
     raw = Steering(parse_target(cfg.search.target))
     assert cfg.search.pick_margin > 0 and set(steering.sizes) == set(OBJECTIVES)
     rows = trials.set_index("trial_id")
