@@ -305,8 +305,7 @@ def reconcile_study(study: optuna.Study, folder: RunFolder, steering: Steering =
         record = folder.read_trial_record(tid) if tid else None
         values = objective_values(record) if record and record.get("status") == "ok" else None
         if values is not None:
-            if steering:
-                set_constraints(optuna.Trial(study, t._trial_id), record, steering)
+            set_constraints(optuna.Trial(study, t._trial_id), record, steering)
             study.tell(t.number, values)
             add_sweep_points(study, t.distributions, record, steering)
             counts["told"] += 1

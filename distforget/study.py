@@ -20,13 +20,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import optuna
 
 from distforget.errors import ConfigError
 from distforget.objectives import (OBJECTIVES, Constraint, constraint_gaps, parse_rule,
                                    parse_target, standard_error, validation_sizes)
+
+if TYPE_CHECKING:
+    from distforget.config import SearchConfig
 
 
 def nsga2_population(num_trials: int) -> int:
@@ -60,15 +63,12 @@ class Steering:
     margin: float = 0.0
 
     @classmethod
-    def of_run(cls, search: Any, splits: Mapping[str, int] | None) -> "Steering":
+    def of_run(cls, search: SearchConfig, splits: Mapping[str, int] | None) -> "Steering":
         """From a run's ``search`` config (its ``target``; ``pick_margin`` where ``pick`` is
         ``target``, the rule that reads it, else no margin) and a split summary (``run.json``'s
         ``prepared.splits``)."""
         margin = search.pick_margin if parse_rule(search.pick).kind == "target" else 0.0
         return cls(parse_target(search.target), validation_sizes(splits), float(margin))
-
-    def __bool__(self) -> bool:
-        return bool(self.target)
 
     def values(self, metrics: Mapping[str, Any]) -> dict[str, float]:
         """A point's constraint values (<= 0: met by the margin) by constraint text; relative
@@ -84,7 +84,8 @@ class Steering:
 
 def set_constraints(trial: optuna.Trial, metrics: Mapping[str, Any],
                     steering: Steering) -> None:
-    """Set a running trial's constraint values before it is told (see the module docstring)."""
+    """Set a running trial's constraint values before it is told (see the module docstring);
+    none without a target."""
     for key, value in steering.values(metrics).items():
         trial.set_constraint(key, value)
 

@@ -115,9 +115,9 @@ REPORTED = ("alpha", "mia_auc", "forget_sim", "wall_s")
 
 class SweepOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that tags each Optuna trial with its Tune trial id, sets its constraint
-    values against the target before it is told (``steering``: so the sampler steers towards
-    points the pick accepts),
-    and feeds the extra soups every trial measured to the study as further completed trials."""
+    values before it is told (``steering``: so the sampler steers towards points the pick
+    accepts), and feeds the extra soups every trial measured to the study as further completed
+    trials."""
 
     def __init__(self, *args, steering: Steering = Steering(), folder: RunFolder,
                  **kwargs):
@@ -143,8 +143,7 @@ class SweepOptunaSearch(OptunaSearch):
             for key in ("source", "mia_auc", "forget_sim", "alpha", "parent_id"):
                 if record.get(key) is not None:
                     ot_trial.set_user_attr(key, record[key])
-            if self._steering:
-                set_constraints(ot_trial, record, self._steering)
+            set_constraints(ot_trial, record, self._steering)
         super().on_trial_complete(trial_id, result, error)
         if record is not None and not error:
             add_sweep_points(self._ot_study, self._space, record, self._steering)
