@@ -18,7 +18,7 @@ from distforget.prepare import Prepared
 from distforget.results import rows_from_record
 from distforget.search_space import SearchSpace
 from distforget.study import (Steering, add_sweep_points, make_sampler, objective_values,
-                              set_constraints)
+                              set_constraints, start_from_config)
 from distforget.trial import (StageCache, local_evaluator, local_launcher, run_trial,
                               trial_record)
 
@@ -31,10 +31,12 @@ def local_search(prepared: Prepared, base: RunConfig, space: SearchSpace, *, tri
                  source: str = "trial") -> pd.DataFrame:
     """Run ``trials`` trials; returns the results table (trials and their sweep points). The
     search's target (``base.search.target``) reaches the sampler as constraints with the pick's
-    margin, as in ``python -m distforget.search``."""
+    margin, and the first trial is at the config's settings (``search.start_from_config``), as
+    in ``python -m distforget.search``."""
     cache = cache or StageCache()
     steering = Steering.of_run(base.search, prepared.scenario.summary())
     study = optuna.create_study(directions=DIRECTIONS, sampler=make_sampler(sampler, seed, trials))
+    start_from_config(study, space, base)  # the first trial at the config's settings, as there
     launch = local_launcher(prepared, cache, device)
     evaluate = local_evaluator(prepared, cache, device, base.model.precision)
     rows = []

@@ -14,6 +14,7 @@ forget stage and the forget, retain and zero-shot accuracy after the remind stag
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import time
@@ -43,6 +44,8 @@ VARIANTS = {
     "remind 8 epochs": {"remind.epochs": 8},  # the default before remind.epochs became 16
     "feature kd 10": {"remind.feature_kd": 10.0},
     "feature kd 100": {"remind.feature_kd": 100.0},
+    "synthetic 0": {"remind.bn_align_images": 0},  # no BN-aligned images in the distillation set
+    "synthetic 1024": {"remind.bn_align_images": 1024},  # four times the default 256
     "remind all layers": {"remind.layers": "all"},
     "remind all layers lr 3e-4": {"remind.layers": "all", "remind.lr": 3e-4},
     "remind all layers feature kd 10": {"remind.layers": "all", "remind.feature_kd": 10.0},
@@ -54,12 +57,22 @@ VARIANTS = {
 
 
 def main() -> None:
-    config = sys.argv[1] if sys.argv[1] != "-" else None
-    seeds = [int(s) for s in sys.argv[2].split(",")]
-    names = sys.argv[3].split(";") if len(sys.argv) > 3 else list(VARIANTS)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="a config file, or - for the embedded default")
+    parser.add_argument("seeds", help="comma-separated seeds, e.g. 11,12")
+    parser.add_argument("variants", nargs="?", default=";".join(VARIANTS),
+                        help=f"';'-separated, of: {'; '.join(VARIANTS)} (default: all)")
+    args = parser.parse_args()
+    config = None if args.config == "-" else args.config
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")]
+    except ValueError:
+        parser.error(f"seeds {args.seeds!r}: expected comma-separated integers, e.g. 11,12")
+    names = args.variants.split(";")
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
-        raise SystemExit(f"variant {unknown[0]!r}: expected one of {'; '.join(VARIANTS)}")
+        parser.error(f"variant {unknown[0]!r}: expected one of {'; '.join(VARIANTS)}")
     torch.set_num_threads(1)
     rows = []
     for seed in seeds:

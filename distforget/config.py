@@ -259,6 +259,11 @@ class SearchConfig:
     # feasible point with the largest margin is chosen. 0: any point that meets the target.
     # The sampler's constraint values carry the same margin (distforget.study.Steering).
     pick_margin: float = knob(1.0, ge=0)
+    # The first trial is this config's own value of each searched key (the stage defaults
+    # where the config sets none; a key whose value lies outside the space is sampled), so a
+    # search measures its config's settings and their soup sweep before it explores (Optuna's
+    # enqueue_trial, as Ray Tune's points_to_evaluate). false: every trial is sampled.
+    start_from_config: bool = True
     # The chosen recipe is trained again with this many further stage seeds (its test metrics
     # per seed, their mean and spread, and whether the target holds on each, are reported).
     confirm_seeds: int = knob(2, ge=0)

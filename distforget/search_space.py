@@ -46,6 +46,22 @@ class SearchSpace:
         data = apply_overrides(base.to_dict(), {"method": self.method, **self.fixed, **values})
         return build(RunConfig, data)
 
+    def config_point(self, base: RunConfig) -> tuple[dict[str, Any], list[str]]:
+        """``base``'s own value of each searched key (after the fixed overrides), for the
+        search's first trial (``search.start_from_config``); the keys whose value lies outside
+        their range or choices are left out (for the sampler) and listed second."""
+        tree = self.trial_config(base, {}).to_dict()
+        point, outside = {}, []
+        for key, dist in self.params.items():
+            value = tree
+            for part in key.split("."):
+                value = value[part]
+            if _within(dist, value):
+                point[key] = value
+            else:
+                outside.append(key)
+        return point, outside
+
     def with_soups_of(self, other: "SearchSpace") -> "SearchSpace":
         """This space with ``other``'s soup handling: its ``restore.*`` fixed values and
         searched ranges and its sweep. A searched baseline gets the method's soups this way."""
@@ -75,6 +91,20 @@ def resolve_space_path(space: str) -> Path:
         raise ConfigError(f"search.space {space!r} is neither a file nor a shipped space "
                           f"({', '.join(sorted(shipped))})")
     return shipped[space]
+
+
+def _within(dist: od.BaseDistribution, value: Any) -> bool:
+    """Whether ``value`` is one the distribution can propose."""
+    if isinstance(dist, od.CategoricalDistribution):
+        return any(type(value) is type(c) and value == c for c in dist.choices)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if isinstance(dist, od.IntDistribution) and value != int(value):
+        return False
+    if not dist.low <= value <= dist.high:
+        return False
+    step = getattr(dist, "step", None)
+    return step is None or abs((value - dist.low) / step - round((value - dist.low) / step)) < 1e-8
 
 
 def _distribution(key: str, spec: Any) -> od.BaseDistribution:

@@ -1,5 +1,6 @@
-"""Optuna pieces shared by the Ray search and the in-process benchmarks: samplers, objective
-values, the target as Optuna constraints, and feeding a trial's extra soups to the study.
+"""Optuna pieces shared by the Ray search and the in-process benchmarks: samplers, the first
+trial at the config's own settings, objective values, the target as Optuna constraints, and
+feeding a trial's extra soups to the study.
 
 The target (``search.target``) reaches the sampler as Optuna 5's trial constraints: before a
 trial is told, each constraint's value (<= 0 met, from its validation metrics and the base
@@ -29,7 +30,8 @@ from distforget.objectives import (OBJECTIVES, Constraint, constraint_gaps, pars
                                    parse_target, standard_error, validation_sizes)
 
 if TYPE_CHECKING:
-    from distforget.config import SearchConfig
+    from distforget.config import RunConfig, SearchConfig
+    from distforget.search_space import SearchSpace
 
 
 def nsga2_population(num_trials: int) -> int:
@@ -50,6 +52,27 @@ def make_sampler(name: str, seed: int, num_trials: int = 200) -> optuna.samplers
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ConfigError(f"search.sampler {name!r}: expected tpe, nsga2, gp or random")
+
+
+def start_from_config(study: optuna.Study, space: SearchSpace, cfg: RunConfig) -> str | None:
+    """Queue ``cfg``'s own point of ``space`` (``SearchSpace.config_point``) as the study's next
+    trial, under ``search.start_from_config``; a study that already holds a trial with those
+    values (a resumed search) does not get it again. Returns a line for the log when a fresh
+    study starts there, else None."""
+    if not cfg.search.start_from_config:
+        return None
+    point, outside = space.config_point(cfg)
+    if not point:
+        return None
+    fresh = not study.trials
+    study.enqueue_trial(point, user_attrs={"start": "config"}, skip_if_exists=True)
+    if not fresh:
+        return None
+    values = " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                      for k, v in point.items())
+    sampled = (f"; sampled, the config's value lying outside the space: {', '.join(outside)}"
+               if outside else "")
+    return f"first trial at the config's settings (search.start_from_config): {values}{sampled}"
 
 
 @dataclass(frozen=True)

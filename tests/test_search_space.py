@@ -64,3 +64,26 @@ def test_bad_spaces_are_refused(tmp_path, text, message):
 def test_missing_space_is_named():
     with pytest.raises(ConfigError, match="neither a file nor a shipped space"):
         load_space("no-such-space")
+
+
+def test_the_config_point_holds_the_configs_own_values_inside_the_space(tmp_path):
+    from distforget.config import load_config
+
+    s = load_space("embedded")
+    point, outside = s.config_point(RunConfig())
+    defaults = RunConfig()
+    assert outside == [] and list(point) == list(s.params)
+    assert point["forget.lr"] == defaults.forget.lr and point["forget.loss"] == defaults.forget.loss
+    assert point["remind.ema_decay"] == defaults.remind.ema_decay
+    assert point["restore.alpha"] == defaults.restore.alpha
+    # A value the config sets is its own; one outside a range or the choices is left out.
+    cfg = load_config(None, ["forget.lr=5e-4", "forget.top_k=7", "remind.ema_decay=0.5"])
+    point, outside = s.config_point(cfg)
+    assert point["forget.lr"] == 5e-4
+    assert outside == ["forget.top_k", "remind.ema_decay"]
+    stepped = load_space(space(tmp_path, "params:\n  forget.top_k: {type: int, low: 1, high: 5, "
+                                         "step: 2}\n  forget.lr: {type: float, low: 1.0e-4, "
+                                         "high: 1.0e-3, step: 3.0e-4}\n"))
+    assert stepped.config_point(load_config(None, ["forget.top_k=3", "forget.lr=7e-4"]))[1] == []
+    assert stepped.config_point(load_config(None, ["forget.top_k=2", "forget.lr=6e-4"]))[1] == [
+        "forget.top_k", "forget.lr"]

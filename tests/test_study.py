@@ -6,7 +6,7 @@ from distforget.config import SearchConfig
 from distforget.errors import ConfigError
 from distforget.objectives import DIRECTIONS, margins, parse_target
 from distforget.study import (Steering, add_sweep_points, make_sampler, nsga2_population,
-                              set_constraints)
+                              set_constraints, start_from_config)
 
 
 def test_nsga2_population_is_a_quarter_of_the_budget_within_bounds():
@@ -119,3 +119,31 @@ def test_the_sampler_counts_as_feasible_exactly_the_points_the_pick_accepts(marg
         agree += sampler_ok == pick_ok
         feasible += sampler_ok
     assert agree == 2000 and 0 < feasible < 2000
+
+
+def test_a_search_starts_at_the_configs_settings_once():
+    from distforget.config import RunConfig, load_config
+    from distforget.search_space import load_space
+
+    space = load_space("embedded")
+    study = optuna.create_study(directions=DIRECTIONS, sampler=make_sampler("random", 0))
+    line = start_from_config(study, space, RunConfig())
+    assert line and "forget.lr=0.001" in line and "sampled" not in line
+    first = study.ask(space.params)
+    assert first.params == space.config_point(RunConfig())[0]
+    assert first.user_attrs["start"] == "config"
+    study.tell(first, [0.0, 1.0, 1.0])
+    # Resumed: a trial with those values exists, so it is not queued again.
+    assert start_from_config(study, space, RunConfig()) is None
+    assert study.ask(space.params).params != first.params
+    # A key whose value lies outside the space is sampled and named; off, nothing is queued.
+    fresh = optuna.create_study(directions=DIRECTIONS, sampler=make_sampler("random", 0))
+    line = start_from_config(fresh, space, load_config(None, ["forget.top_k=9"]))
+    assert line.endswith("outside the space: forget.top_k")
+    trial = fresh.ask(space.params)
+    assert trial.params["forget.lr"] == RunConfig().forget.lr
+    assert 1 <= trial.params["forget.top_k"] <= 3
+    off = optuna.create_study(directions=DIRECTIONS, sampler=make_sampler("random", 0))
+    assert start_from_config(off, space, load_config(None, ["search.start_from_config=false"])
+                             ) is None
+    assert off.trials == []

@@ -41,7 +41,7 @@ from distforget.report import build_report
 from distforget.run_folder import (RunFolder, RunLog, StudyStore, reconcile_study, run_info,
                                    search_identity)
 from distforget.search_space import SearchSpace, load_space
-from distforget.study import Steering, make_sampler
+from distforget.study import Steering, make_sampler, start_from_config
 from distforget.trial import StageCache, local_evaluator
 
 
@@ -171,13 +171,16 @@ def run_study(driver: Driver, space: SearchSpace, *, source: str, num_trials: in
     study_storage = study_store.storage()
     steering = run_steering(cfg, folder)
     remaining = num_trials - finished
+    study = optuna.create_study(storage=study_storage, study_name=study_name,
+                                directions=DIRECTIONS, load_if_exists=True)
     if finished:
-        study = optuna.create_study(storage=study_storage, study_name=study_name,
-                                    directions=DIRECTIONS, load_if_exists=True)
         counts = reconcile_study(study, folder, steering)
         driver.log(f"resuming: {finished} trials of {study_name} finished, {remaining} to run "
                    f"(study: {counts['told']} recovered, {counts['failed']} marked failed)")
     if remaining > 0:
+        started = start_from_config(study, space, cfg)
+        if started:
+            driver.log(f"{study_name}: {started}")
         searcher = SweepOptunaSearch(
             space=space.params, metric=list(OBJECTIVES), mode=list(OBJECTIVES.values()),
             sampler=make_sampler(cfg.search.sampler, cfg.search.seed, num_trials),

@@ -15,6 +15,7 @@ import pytest
 
 from distforget.config import load_config
 from distforget.objectives import OBJECTIVES, parse_target
+from distforget.search_space import load_space
 from distforget.study import Steering
 from tests.factories import SEARCHABLE
 
@@ -115,6 +116,11 @@ def test_a_search_leaves_every_output(finished_run):
         row = rows.loc[t.user_attrs["tune_trial_id"]].to_dict()
         assert t.constraints == pytest.approx(steering.values(row))
         assert all(t.constraints[k] > v for k, v in raw.values(row).items())
+    # The first trial ran at the config's own settings (search.start_from_config), once.
+    point, _ = load_space(cfg.search.space, cfg).config_point(cfg)
+    started = [t for t in complete if t.user_attrs.get("start") == "config"]
+    assert len(started) == 1 and started[0].params == point and started[0].number == 0
+    assert "first trial at the config's settings" in open(os.path.join(run, "search.log")).read()
 
 
 def test_export_round_trip_through_open_clip_reproduces_the_metrics(finished_run, tmp_path, cpu):
