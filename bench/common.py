@@ -76,23 +76,32 @@ def now() -> float:
 
 def missing_section(path: Path, name: str) -> str | None:
     """Why ``replace_section(path, name, ...)`` would fail, or None: checked before a benchmark
-    spends its time, not after."""
+    spends its time, not after. Each marker must appear exactly once: with two pairs of one
+    name, a write would land in whichever comes first and overwrite another run's figures."""
     text = Path(path).read_text() if Path(path).is_file() else ""
     markers = [f"<!-- {name}:{end} -->" for end in ("begin", "end")]
     missing = [m for m in markers if m not in text]
     if missing:
         return (f"{path} has no {missing[0]} (expected both {' and '.join(markers)} to write "
                 "between)")
+    repeated = [(m, text.count(m)) for m in markers if text.count(m) > 1]
+    if repeated:
+        return (f"{path} holds {repeated[0][0]} {repeated[0][1]} times (expected once: rename "
+                "one pair of markers, or the write would replace the first pair's figures)")
+    if text.index(markers[1]) < text.index(markers[0]):
+        return f"{path} has {markers[1]} before {markers[0]}"
     return None
 
 
 def replace_section(path: Path, name: str, body: str) -> None:
     """Put ``body`` between the markers ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` of a
-    Markdown file (a benchmark writes its own figures; nothing is typed by hand)."""
+    Markdown file (a benchmark writes its own figures; nothing is typed by hand); refused, with
+    the file untouched, unless each marker appears once and in order (``missing_section``)."""
+    problem = missing_section(path, name)
+    if problem:
+        raise SystemExit(problem)
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     text = Path(path).read_text()
-    if begin not in text or end not in text:
-        raise SystemExit(f"{path}: no {begin} ... {end} markers to write between")
     head, rest = text.split(begin, 1)
     _, tail = rest.split(end, 1)
     Path(path).write_text(f"{head}{begin}\n{body}\n{end}{tail}")
