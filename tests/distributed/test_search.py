@@ -213,6 +213,14 @@ def test_a_killed_search_resumes_without_losing_or_repeating_trials(tmp_path):
     kept = trials.set_index("trial_id").loc[first["trial_id"]]
     assert kept["forget_acc"] == first["forget_acc"] and kept["alpha"] == first["alpha"]
     assert (tmp_path / "embedded-default" / "best" / "model.safetensors").exists()
+    # The first trial at the config's settings was queued once, not again on resume.
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    study = optuna.load_study(study_name="embedded-default", storage=JournalStorage(
+        JournalFileBackend(str(tmp_path / "embedded-default" / "optuna.journal"))))
+    assert [t.number for t in study.trials if t.user_attrs.get("start") == "config"] == [0]
+    assert out.count("first trial at the config's settings") == 0
 
     # The same folder with another search's settings is refused, and nothing is touched.
     snapshot = results.read_bytes()
