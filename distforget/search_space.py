@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from importlib import resources
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -50,12 +51,10 @@ class SearchSpace:
         """``base``'s own value of each searched key (after the fixed overrides), for the
         search's first trial (``search.start_from_config``); the keys whose value lies outside
         their range or choices are left out (for the sampler) and listed second."""
-        tree = self.trial_config(base, {}).to_dict()
+        cfg = self.trial_config(base, {})
         point, outside = {}, []
         for key, dist in self.params.items():
-            value = tree
-            for part in key.split("."):
-                value = value[part]
+            value = attrgetter(key)(cfg)
             if _within(dist, value):
                 point[key] = value
             else:

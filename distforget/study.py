@@ -64,7 +64,7 @@ def start_from_config(study: optuna.Study, space: SearchSpace, cfg: RunConfig) -
     point, outside = space.config_point(cfg)
     if not point:
         return None
-    fresh = not study.trials
+    fresh = not study.get_trials(deepcopy=False)
     study.enqueue_trial(point, user_attrs={"start": "config"}, skip_if_exists=True)
     if not fresh:
         return None
