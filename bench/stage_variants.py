@@ -43,7 +43,7 @@ VARIANTS = {
     "remind 4 epochs": {"remind.epochs": 4},  # the default before remind.epochs became 8
     "remind 8 epochs": {"remind.epochs": 8},  # the default before remind.epochs became 16
     "remind 16 epochs": {"remind.epochs": 16},  # the default before remind.epochs became 32
-    "remind 32 epochs": {"remind.epochs": 32},  # the default since the 16-epoch one
+    "remind 32 epochs": {"remind.epochs": 32},  # the default now (as "defaults")
     "feature kd 10": {"remind.feature_kd": 10.0},
     "feature kd 100": {"remind.feature_kd": 100.0},
     "synthetic 0": {"remind.bn_align_images": 0},  # no BN-aligned images in the distillation set
