@@ -39,7 +39,7 @@ from bench.local_search import local_search  # noqa: E402
 from distforget.cli import pick_device  # noqa: E402
 from distforget.config import BASELINES, load_config, replace  # noqa: E402
 from distforget.objectives import (ACCURACIES, as_test, parse_target, shortfalls,  # noqa: E402
-                                   validation_sizes)
+                                   margin_sizes)
 from distforget.pareto import pick, usable  # noqa: E402
 from distforget.prepare import prepare  # noqa: E402
 from distforget.search_space import load_space  # noqa: E402
@@ -89,7 +89,7 @@ def run_seed(cfg, space_name: str, trials: int, device) -> list[dict]:
             out.append({"method": method, "failed": True, "wall_s": wall})
             continue
         chosen, why = pick(rows, cfg.search.pick, target=target, base=base_val,
-                           sizes=validation_sizes(prepared.scenario.summary()),
+                           sizes=margin_sizes(prepared.scenario.summary()),
                            margin=cfg.search.pick_margin)
         recipe = Recipe.from_dict(json.loads(chosen["recipe"]))
         test, = evaluate_recipes(prepared, cache, [recipe], "test", device)

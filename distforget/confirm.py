@@ -23,8 +23,8 @@ import pandas as pd
 
 from distforget.config import RunConfig, from_dict, replace
 from distforget.errors import DistforgetError
-from distforget.objectives import (ACCURACIES, METRICS, Constraint, as_test, parse_target,
-                                   shortfalls, validation_sizes)
+from distforget.objectives import (ACCURACIES, METRICS, Constraint, as_test, margin_sizes,
+                                   parse_target, shortfalls)
 from distforget.pareto import pareto_front, pick, usable
 from distforget.results import write_table
 from distforget.run_folder import RunFolder
@@ -73,9 +73,10 @@ def run_config(info: Mapping[str, Any], rule: str | None = None) -> RunConfig:
 
 def pick_options(cfg: RunConfig, info: Mapping[str, Any]) -> dict[str, Any]:
     """What every pick of a run reads besides its rows: the target, the base model's
-    validation metrics, the validation images per metric and the margin (run.json, config)."""
+    validation metrics, the images behind each metric's margin unit and the margin (run.json,
+    config)."""
     return {"target": parse_target(cfg.search.target), "base": info["base_metrics"],
-            "sizes": validation_sizes(info.get("prepared", {}).get("splits")),
+            "sizes": margin_sizes(info.get("prepared", {}).get("splits")),
             "margin": cfg.search.pick_margin}
 
 

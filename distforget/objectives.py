@@ -12,9 +12,12 @@ target by a margin, the highest ``zeroshot_acc``, then ``retain_acc``; see ``par
 ``knee``, or constraints then an objective, e.g. ``forget_acc<=0.05, max zeroshot_acc``.
 
 A point's **margin** to the target is its smallest slack over the constraints, each in standard
-errors of a binomial proportion at the constraint's threshold over the validation images behind
-that metric (``validation_sizes``): how far, in units of the validation sample's noise, the point
-is from missing the target.
+errors of the difference between two binomial proportions at the constraint's threshold: the
+metric's estimate on the validation images that choose the point, and its estimate on the test
+images that then report it (``margin_sizes``). It is how far, in units of the noise between the
+sample that chooses and the sample that reports, the point is from missing the target. A value
+at the metric's bound (no forget image recognised, every retained one kept) cannot clear its
+threshold by more, so it counts as clearing it by any margin.
 """
 
 from __future__ import annotations
@@ -143,37 +146,61 @@ def constraint_gaps(metrics: Mapping[str, float], target: Sequence[Constraint],
     return out
 
 
-# The validation split behind each accuracy (run.json's prepared.splits names them val_<split>).
-VALIDATION_SPLITS = {"forget_acc": "val_forget", "retain_acc": "val_retain",
-                     "zeroshot_acc": "val_zeroshot"}
+# The held-out set behind each accuracy: run.json's prepared.splits names its validation and
+# test parts val_<set> and test_<set>.
+HELD_OUT_SETS = {"forget_acc": "forget", "retain_acc": "retain", "zeroshot_acc": "zeroshot"}
 
 
-def validation_sizes(splits: Mapping[str, int] | None) -> dict[str, int]:
-    """Validation images per accuracy metric, from a split summary (``run.json``'s
-    ``prepared.splits``); metrics whose split is missing are left out."""
+def margin_sizes(splits: Mapping[str, int] | None) -> dict[str, float]:
+    """The images behind each accuracy's margin unit, from a split summary (``run.json``'s
+    ``prepared.splits``): ``n_val * n_test / (n_val + n_test)``, so that ``p (1 - p) / n`` is
+    the variance of the difference between the validation and the test estimate of a proportion
+    ``p``. A set without test images gives its validation images alone; a metric whose
+    validation split is missing is left out. Only the splits' sizes are read, which the config
+    fixes before any image is: no choice reads a test image."""
     splits = splits or {}
-    return {m: int(splits[s]) for m, s in VALIDATION_SPLITS.items() if splits.get(s)}
+    out = {}
+    for metric, name in HELD_OUT_SETS.items():
+        n_val, n_test = splits.get(f"val_{name}"), splits.get(f"test_{name}")
+        if n_val:
+            out[metric] = n_val * n_test / (n_val + n_test) if n_test else float(n_val)
+    return out
 
 
 def margins(rows: Sequence[Mapping[str, float]], target: Sequence[Constraint],
-            base: Mapping[str, float] | None, sizes: Mapping[str, int] | None) -> list[float]:
+            base: Mapping[str, float] | None, sizes: Mapping[str, float] | None) -> list[float]:
     """Each row's margin to the target in standard errors (see the module docstring): the
     smallest over the constraints of ``slack / sqrt(p (1 - p) / n)``, ``p`` the threshold
-    (kept at least half an image from 0 and 1), ``n`` the metric's validation images. A
-    constraint whose metric has no known size does not limit the margin (``inf`` when none
-    does); a missed constraint gives a negative margin."""
+    (kept at least half an image from 0 and 1), ``n`` the metric's images from
+    ``margin_sizes``; a value at the metric's bound clears its constraint by any margin
+    (``inf``). A constraint whose metric has no known size does not limit the margin (``inf``
+    when none does); a missed constraint gives a negative margin."""
     out = []
     for row in rows:
         worst = float("inf")
         for c, gap in zip(target, constraint_gaps(row, target, base)):
             n = (sizes or {}).get(c.metric)
-            if n:
+            if n and -gap < room(c, base):
                 worst = min(worst, -gap / standard_error(c, base, n))
         out.append(worst)
     return out
 
 
-def standard_error(c: Constraint, base: Mapping[str, float] | None, n: int) -> float:
+def required_slack(c: Constraint, base: Mapping[str, float] | None, n: float,
+                   margin: float) -> float:
+    """How far a value must clear ``c`` to meet it by ``margin`` standard errors over ``n``
+    images: ``margin`` standard errors, or the room between the threshold and the metric's
+    bound where that is less (see ``margins``)."""
+    return min(margin * standard_error(c, base, n), room(c, base))
+
+
+def room(c: Constraint, base: Mapping[str, float] | None) -> float:
+    """The most an accuracy can clear ``c`` by: from the threshold to 0 (``<=``) or to 1."""
+    t = c.threshold(base)
+    return t if c.op in ("<=", "<") else 1.0 - t
+
+
+def standard_error(c: Constraint, base: Mapping[str, float] | None, n: float) -> float:
     """The standard error of a proportion at ``c``'s threshold over ``n`` images, the
     threshold kept at least half an image from 0 and 1: the unit of a margin."""
     p = min(max(c.threshold(base), 0.5 / n), 1 - 0.5 / n)

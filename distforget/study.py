@@ -11,10 +11,10 @@ towards points that meet the target (no ``constraints_func``, which Optuna 5 dep
 random sampler ignores them.
 
 Under the ``target`` pick, a constraint's value is its gap plus the pick's margin
-(``search.pick_margin`` standard errors of its validation metric, see ``Steering``): the sampler
-counts as feasible the points the pick (``pareto.pick``) accepts as meeting the target with
-confidence, not those that meet it by less than the validation sample's noise, which the pick
-passes over.
+(``search.pick_margin`` standard errors of the difference between its validation and its test
+estimate, see ``Steering`` and ``objectives.margins``): the sampler counts as feasible the
+points the pick (``pareto.pick``) accepts as meeting the target with confidence, not those that
+meet it by less than the samples' noise, which the pick passes over.
 """
 
 from __future__ import annotations
@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, Mapping
 import optuna
 
 from distforget.errors import ConfigError
-from distforget.objectives import (OBJECTIVES, Constraint, constraint_gaps, parse_rule,
-                                   parse_target, standard_error, validation_sizes)
+from distforget.objectives import (OBJECTIVES, Constraint, constraint_gaps, margin_sizes,
+                                   parse_rule, parse_target, required_slack)
 
 if TYPE_CHECKING:
     from distforget.config import RunConfig, SearchConfig
@@ -78,11 +78,12 @@ def start_from_config(study: optuna.Study, space: SearchSpace, cfg: RunConfig) -
 @dataclass(frozen=True)
 class Steering:
     """The target as the sampler sees it (see the module docstring): ``target``'s constraints,
-    each asked to hold by ``margin`` standard errors of its metric over ``sizes`` validation
-    images (``objectives.standard_error``); a metric without a size asks for no margin."""
+    each asked to hold by ``margin`` standard errors of its metric over ``sizes`` images
+    (``objectives.margin_sizes``, ``objectives.required_slack``); a metric without a size asks
+    for no margin."""
 
     target: tuple[Constraint, ...] = ()
-    sizes: Mapping[str, int] = field(default_factory=dict)
+    sizes: Mapping[str, float] = field(default_factory=dict)
     margin: float = 0.0
 
     @classmethod
@@ -91,7 +92,7 @@ class Steering:
         ``target``, the rule that reads it, else no margin) and a split summary (``run.json``'s
         ``prepared.splits``)."""
         margin = search.pick_margin if parse_rule(search.pick).kind == "target" else 0.0
-        return cls(parse_target(search.target), validation_sizes(splits), float(margin))
+        return cls(parse_target(search.target), margin_sizes(splits), float(margin))
 
     def values(self, metrics: Mapping[str, Any]) -> dict[str, float]:
         """A point's constraint values (<= 0: met by the margin) by constraint text; relative
@@ -101,7 +102,7 @@ class Steering:
         out = {}
         for c, gap in zip(self.target, constraint_gaps(metrics, self.target, base)):
             n = self.sizes.get(c.metric)
-            out[str(c)] = gap + self.margin * standard_error(c, base, n) if n else gap
+            out[str(c)] = gap + required_slack(c, base, n, self.margin) if n else gap
         return out
 
 

@@ -77,10 +77,12 @@ def test_the_choice_is_made_before_any_test_image_is_read(tiny_prepared, tiny_cf
     out = confirm.finish(folder, cfg, evaluate=evaluate, run_confirmations=run_confirmations,
                          log=lambda msg: None)
     assert events[0] == "pick" and "test read" in events
-    # The pick weighs each metric by the validation images behind it, read from run.json.
+    # The pick weighs each metric by the validation and test images behind it (their counts,
+    # read from run.json, not the images).
     splits = tiny_prepared.scenario.summary()
-    assert events[1] == {"forget_acc": splits["val_forget"], "retain_acc": splits["val_retain"],
-                         "zeroshot_acc": splits["val_zeroshot"]}
+    assert events[1] == {m: pytest.approx(1 / (1 / splits[f"val_{s}"] + 1 / splits[f"test_{s}"]))
+                         for m, s in (("forget_acc", "forget"), ("retain_acc", "retain"),
+                                      ("zeroshot_acc", "zeroshot"))}
     assert events.index("pick") < events.index("test read")
     assert reads["test_forget"] > 0 and reads["test_zeroshot"] > 0
 

@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from distforget.errors import ConfigError
-from distforget.objectives import margins, parse_rule, parse_target, validation_sizes
+from distforget.objectives import margins, parse_rule, parse_target, margin_sizes
 from distforget.pareto import (hypervolume, knee, non_dominated, normalized_hypervolume,
                                pareto_front, pick, to_minimize)
 
@@ -109,7 +109,7 @@ def test_the_target_pick_prefers_zero_shot_then_retain_among_feasible_points():
 
 
 # Validation images behind each accuracy, as run.json's prepared.splits gives them.
-SIZES = validation_sizes({"val_forget": 30, "val_retain": 60, "val_zeroshot": 500})
+SIZES = margin_sizes({"val_forget": 30, "val_retain": 60, "val_zeroshot": 500})
 
 
 def test_the_target_pick_passes_over_a_point_just_over_a_threshold_for_one_with_a_margin():
@@ -143,7 +143,34 @@ def test_margins_are_in_standard_errors_at_the_threshold():
     # A metric without a size does not limit the margin; a missed constraint is negative.
     assert margins([row], TARGET, BASE, {}) == [float("inf")]
     assert margins([{**row, "forget_acc": 0.2}], TARGET, BASE, SIZES)[0] < 0
-    assert validation_sizes(None) == {}
+    assert margin_sizes(None) == {}
+
+
+def test_the_margin_unit_covers_the_test_sample_as_well_as_the_validation_sample():
+    # The variance of a validation estimate minus a test estimate is p (1 - p) (1/n_val +
+    # 1/n_test): the unit's images are n_val n_test / (n_val + n_test).
+    sizes = margin_sizes({"val_forget": 200, "test_forget": 200, "val_retain": 60,
+                          "test_zeroshot": 500})
+    assert sizes == {"forget_acc": 100.0, "retain_acc": 60.0}
+    # forget 0.03 clears 0.05 by 1.3 standard errors of the validation estimate alone (0.0154)
+    # but by 0.92 of the difference (0.0218); forget 0.015 clears it by 1.6.
+    t = table([("close", 0.03, 0.9, 0.96), ("clear", 0.015, 0.9, 0.95)])
+    alone = margin_sizes({"val_forget": 200})
+    assert pick(t, "target", target=TARGET, base=BASE, sizes=alone,
+                margin=1.0)[0]["trial_id"] == "close"
+    row, why = pick(t, "target", target=TARGET, base=BASE, sizes=sizes, margin=1.0)
+    assert row["trial_id"] == "clear" and "among the 1 validation points" in why
+
+
+def test_a_value_at_its_bound_clears_its_constraint_by_any_margin():
+    # 30 validation and 30 test forget images: one standard error of the difference (0.056)
+    # is more than forget 0 clears 0.05 by; the bound is as far as a value can go.
+    sizes = margin_sizes({"val_forget": 30, "test_forget": 30, "val_retain": 60})
+    t = table([("zero", 0.0, 0.9, 0.95), ("one", 1 / 30, 0.9, 0.96)])
+    row, why = pick(t, "target", target=TARGET, base=BASE, sizes=sizes, margin=1.0)
+    assert row["trial_id"] == "zero" and "among the 1 validation points" in why
+    assert margins([{"forget_acc": 0.0, "retain_acc": 1.0, "zeroshot_acc": 0.95}], TARGET,
+                   BASE, sizes) == [float("inf")]
 
 
 def test_when_nothing_meets_the_target_the_nearest_point_is_named_with_its_shortfall():
