@@ -158,7 +158,7 @@ def run_baselines(driver: Driver, space: SearchSpace) -> None:
 
 def run_steering(cfg: RunConfig, folder: RunFolder) -> Steering:
     """The search's target as its samplers see it: with the pick's margin over the run's
-    validation images (``run.json``, written before the first trial)."""
+    validation and test split sizes (``run.json``, written before the first trial)."""
     splits = folder.read_info().get("prepared", {}).get("splits")
     return Steering.of_run(cfg.search, splits)
 
