@@ -30,8 +30,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, missing_section, replace_section  # noqa: E402
-from bench.soup_grid import fmt_point, method_rows, run_folders, test_verdict  # noqa: E402
+from bench.common import machine  # noqa: E402
+from bench.soup_grid import (add_run_arguments, fmt_point, method_rows, publish,  # noqa: E402
+                             runs_to_read, test_verdict)
 from bench.suite import markdown, meets_target  # noqa: E402
 from distforget.config import from_dict  # noqa: E402
 from distforget.confirm import pick_options  # noqa: E402
@@ -106,14 +107,9 @@ def table(out: list[dict]) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="run folders or folders of runs")
-    parser.add_argument("--section", metavar="NAME", help="write the table to bench/RESULTS.md")
-    parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
+    add_run_arguments(parser)
     args = parser.parse_args(argv)
-    runs = run_folders(args.runs)
-    missing = args.section and missing_section(Path(args.results), args.section)
-    if missing:  # said before any run is read
-        parser.error(f"--section {args.section!r}: {missing}")
+    runs = runs_to_read(parser, args)
     torch.set_num_threads(1)
     out = []
     for run in runs:
@@ -126,9 +122,7 @@ def main(argv: list[str] | None = None) -> int:
             "target met on test " + ", ".join(f"{met[u]}/{len(out)} with the {u} unit"
                                               for u in UNITS)
             + ".\n\n" + markdown(table(out)) + "\n")
-    print(text)
-    if args.section:
-        replace_section(Path(args.results), args.section, text)
+    publish(text, args)
     return 0
 
 

@@ -53,6 +53,31 @@ def run_folders(paths: list[str]) -> list[Path]:
     return out
 
 
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The arguments of a benchmark that reads finished runs: the runs, and where its table
+    goes (``--section``: between those markers of ``--results``)."""
+    parser.add_argument("runs", nargs="+", help="run folders or folders of runs")
+    parser.add_argument("--section", metavar="NAME", help="write the table to bench/RESULTS.md")
+    parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
+
+
+def runs_to_read(parser: argparse.ArgumentParser, args: argparse.Namespace) -> list[Path]:
+    """``args.runs``' run folders; a ``--section`` that cannot be written is refused first,
+    before any run is read."""
+    runs = run_folders(args.runs)
+    missing = args.section and missing_section(Path(args.results), args.section)
+    if missing:
+        parser.error(f"--section {args.section!r}: {missing}")
+    return runs
+
+
+def publish(text: str, args: argparse.Namespace) -> None:
+    """Print a benchmark's text, and write it to its ``--section`` where one is named."""
+    print(text)
+    if args.section:
+        replace_section(Path(args.results), args.section, text)
+
+
 def parse_alphas(text: str) -> list[float]:
     try:
         alphas = [float(a) for a in text.split(",") if a.strip()]
@@ -156,16 +181,11 @@ def table(out: list[dict]) -> pd.DataFrame:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="run folders or folders of runs")
+    add_run_arguments(parser)
     parser.add_argument("--alphas", required=True, help="extra soup alphas, e.g. 0.85,0.9,0.95")
-    parser.add_argument("--section", metavar="NAME", help="write the table to bench/RESULTS.md")
-    parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
     args = parser.parse_args(argv)
     alphas = parse_alphas(args.alphas)
-    runs = run_folders(args.runs)
-    missing = args.section and missing_section(Path(args.results), args.section)
-    if missing:  # said before any run is replayed
-        parser.error(f"--section {args.section!r}: {missing}")
+    runs = runs_to_read(parser, args)
     torch.set_num_threads(1)
     out = []
     for run in runs:
@@ -178,9 +198,7 @@ def main(argv: list[str] | None = None) -> int:
     text = (f"`python bench/soup_grid.py {' '.join(args.runs)} --alphas {args.alphas}` "
             f"({machine()}): {len(out)} runs; target met on test {met[0]}/{len(out)} before, "
             f"{met[1]}/{len(out)} after.\n\n" + markdown(df) + "\n")
-    print(text)
-    if args.section:
-        replace_section(Path(args.results), args.section, text)
+    publish(text, args)
     return 0
 
 
