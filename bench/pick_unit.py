@@ -36,19 +36,13 @@ from bench.soup_grid import (add_run_arguments, fmt_point, method_rows, publish,
 from bench.suite import markdown, meets_target  # noqa: E402
 from distforget.config import from_dict  # noqa: E402
 from distforget.confirm import pick_options  # noqa: E402
-from distforget.objectives import ACCURACIES, margin_sizes, margins  # noqa: E402
+from distforget.objectives import ACCURACIES, MARGIN_UNITS, margin_sizes, margins  # noqa: E402
 from distforget.pareto import pick  # noqa: E402
 from distforget.prepare import prepare  # noqa: E402
 from distforget.run_folder import RunFolder  # noqa: E402
 from distforget.trial import Recipe, StageCache, local_evaluator  # noqa: E402
 
-UNITS = ("validation", "validation-test")
-
-
-def unit_sizes(splits: dict, unit: str) -> dict[str, float]:
-    """The images behind each metric's margin unit: the validation splits alone, or both."""
-    keep = {k: v for k, v in splits.items() if unit == UNITS[1] or k.startswith("val_")}
-    return margin_sizes(keep)
+UNITS = MARGIN_UNITS
 
 
 def compare(run: Path, device: torch.device) -> dict:
@@ -63,7 +57,7 @@ def compare(run: Path, device: torch.device) -> dict:
     splits = info.get("prepared", {}).get("splits", {})
     out = {"run": f"{run.parent.name}/{run.name}"}
     for unit in UNITS:  # both choices first: no test image is read before the second
-        sizes = unit_sizes(splits, unit)
+        sizes = margin_sizes(splits, unit)
         chosen, why = pick(rows, cfg.search.pick, target=options["target"],
                            base=options["base"], sizes=sizes, margin=options["margin"])
         slack = np.array(margins(rows.to_dict("records"), options["target"], options["base"],

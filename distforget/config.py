@@ -261,6 +261,11 @@ class SearchConfig:
     # point with the largest margin is chosen. 0: any point that meets the target.
     # The sampler's constraint values carry the same margin (distforget.study.Steering).
     pick_margin: float = knob(1.0, ge=0)
+    # What pick_margin's standard errors are of: "validation-test" (the difference between a
+    # metric's validation and test estimates, over both splits' sizes), or "validation" (the
+    # validation estimate alone, the unit before; bench/RESULTS.md section 7 sets the two side
+    # by side on the suite).
+    pick_margin_unit: Literal["validation", "validation-test"] = "validation-test"
     # The first trial is this config's own value of each searched key (the stage defaults
     # where the config sets none; a key whose value lies outside the space is sampled), so a
     # search measures its config's settings and their soup sweep before it explores (Optuna's

@@ -76,7 +76,8 @@ def pick_options(cfg: RunConfig, info: Mapping[str, Any]) -> dict[str, Any]:
     validation metrics, the images behind each metric's margin unit and the margin (run.json,
     config)."""
     return {"target": parse_target(cfg.search.target), "base": info["base_metrics"],
-            "sizes": margin_sizes(info.get("prepared", {}).get("splits")),
+            "sizes": margin_sizes(info.get("prepared", {}).get("splits"),
+                                  cfg.search.pick_margin_unit),
             "margin": cfg.search.pick_margin}
 
 

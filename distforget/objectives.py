@@ -150,15 +150,25 @@ def constraint_gaps(metrics: Mapping[str, float], target: Sequence[Constraint],
 # test parts val_<set> and test_<set>.
 HELD_OUT_SETS = {"forget_acc": "forget", "retain_acc": "retain", "zeroshot_acc": "zeroshot"}
 
+# What a margin's standard error is of (search.pick_margin_unit): the validation estimate alone,
+# or the difference between the validation and the test estimate.
+MARGIN_UNITS = ("validation", "validation-test")
 
-def margin_sizes(splits: Mapping[str, int] | None) -> dict[str, float]:
+
+def margin_sizes(splits: Mapping[str, int] | None,
+                 unit: str = "validation-test") -> dict[str, float]:
     """The images behind each accuracy's margin unit, from a split summary (``run.json``'s
-    ``prepared.splits``): ``n_val * n_test / (n_val + n_test)``, so that ``p (1 - p) / n`` is
-    the variance of the difference between the validation and the test estimate of a proportion
-    ``p``. A set without test images gives its validation images alone; a metric whose
-    validation split is missing is left out. Only the splits' sizes are read, which the config
-    fixes before any image is: no choice reads a test image."""
-    splits = splits or {}
+    ``prepared.splits``). ``validation-test``: ``n_val * n_test / (n_val + n_test)``, so that
+    ``p (1 - p) / n`` is the variance of the difference between the validation and the test
+    estimate of a proportion ``p`` (a set without test images gives its validation images
+    alone); ``validation``: ``n_val``. A metric whose validation split is missing is left out.
+    Only the splits' sizes are read, which the config fixes before any image is: no choice
+    reads a test image."""
+    if unit not in MARGIN_UNITS:
+        raise ConfigError(f"search.pick_margin_unit {unit!r}: expected one of "
+                          f"{', '.join(MARGIN_UNITS)}")
+    splits = {k: v for k, v in (splits or {}).items()
+              if unit == "validation-test" or k.startswith("val_")}
     out = {}
     for metric, name in HELD_OUT_SETS.items():
         n_val, n_test = splits.get(f"val_{name}"), splits.get(f"test_{name}")

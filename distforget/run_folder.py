@@ -41,7 +41,7 @@ from distforget.study import Steering, add_sweep_points, objective_values, set_c
 
 # Keys that may change between a search and its resumption.
 RESUMABLE = {("search", "num_trials"), ("search", "max_concurrent_trials"), ("search", "pick"),
-             ("search", "pick_margin"),
+             ("search", "pick_margin"), ("search", "pick_margin_unit"),
              ("resources",), ("output", "storage"), ("output", "shared"),
              ("output", "callbacks"), ("output", "verbose")}
 

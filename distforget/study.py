@@ -92,7 +92,8 @@ class Steering:
         ``target``, the rule that reads it, else no margin) and a split summary (``run.json``'s
         ``prepared.splits``)."""
         margin = search.pick_margin if parse_rule(search.pick).kind == "target" else 0.0
-        return cls(parse_target(search.target), margin_sizes(splits), float(margin))
+        return cls(parse_target(search.target), margin_sizes(splits, search.pick_margin_unit),
+                   float(margin))
 
     def values(self, metrics: Mapping[str, Any]) -> dict[str, float]:
         """A point's constraint values (<= 0: met by the margin) by constraint text; relative

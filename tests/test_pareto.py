@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from distforget.errors import ConfigError
-from distforget.objectives import margins, parse_rule, parse_target, margin_sizes
+from distforget.objectives import margin_sizes, margins, parse_rule, parse_target
 from distforget.pareto import (hypervolume, knee, non_dominated, normalized_hypervolume,
                                pareto_front, pick, to_minimize)
 
@@ -152,6 +152,11 @@ def test_the_margin_unit_covers_the_test_sample_as_well_as_the_validation_sample
     sizes = margin_sizes({"val_forget": 200, "test_forget": 200, "val_retain": 60,
                           "test_zeroshot": 500})
     assert sizes == {"forget_acc": 100.0, "retain_acc": 60.0}
+    # The validation unit (search.pick_margin_unit) reads the validation sizes alone.
+    assert margin_sizes({"val_forget": 200, "test_forget": 200}, "validation") == \
+        {"forget_acc": 200}
+    with pytest.raises(ConfigError, match="search.pick_margin_unit 'test'"):
+        margin_sizes({"val_forget": 200}, "test")
     # forget 0.03 clears 0.05 by 1.3 standard errors of the validation estimate alone (0.0154)
     # but by 0.92 of the difference (0.0218); forget 0.015 clears it by 1.6.
     t = table([("close", 0.03, 0.9, 0.96), ("clear", 0.015, 0.9, 0.95)])

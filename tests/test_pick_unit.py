@@ -5,20 +5,13 @@ import json
 
 import pandas as pd
 
-from bench.pick_unit import compare, unit_sizes
+from bench.pick_unit import compare
 from distforget.config import RunConfig, to_dict
 from distforget.results import write_table
 from distforget.run_folder import RunFolder
 
 SPLITS = {"val_forget": 200, "test_forget": 200, "val_retain": 400, "test_retain": 400,
           "val_zeroshot": 500, "test_zeroshot": 500}
-
-
-def test_the_validation_unit_reads_only_validation_split_sizes():
-    assert unit_sizes(SPLITS, "validation") == {"forget_acc": 200, "retain_acc": 400,
-                                                "zeroshot_acc": 500}
-    assert unit_sizes(SPLITS, "validation-test") == {"forget_acc": 100, "retain_acc": 200,
-                                                     "zeroshot_acc": 250}
 
 
 def test_each_unit_picks_among_the_same_points_and_is_judged_on_test(tmp_path):

@@ -94,6 +94,12 @@ def test_the_pick_margin_moves_each_constraint_by_its_standard_errors():
         {"forget_acc": 0.0})["forget_acc<=0.05"] == pytest.approx(-0.05 + 2 * 0.0218, abs=1e-4)
     assert Steering.of_run(search, None).values(
         {"forget_acc": 0.0}) == pytest.approx({"forget_acc<=0.05": -0.05})
+    # The margin's unit follows search.pick_margin_unit: over validation and test images, or
+    # over the validation images alone.
+    splits = {"val_forget": 100, "test_forget": 100}
+    assert Steering.of_run(search, splits).sizes == {"forget_acc": 50}
+    alone = SearchConfig(target="forget_acc<=0.05", pick_margin_unit="validation")
+    assert Steering.of_run(alone, splits).sizes == {"forget_acc": 100}
     # Only the target pick reads the margin; under another rule the sampler asks for none.
     knee = SearchConfig(target="forget_acc<=0.05", pick="knee", pick_margin=2.0)
     assert Steering.of_run(knee, {"val_forget": 100}).values(
