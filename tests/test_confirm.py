@@ -51,7 +51,8 @@ def test_the_choice_is_made_before_any_test_image_is_read(tiny_prepared, tiny_cf
                                                           cpu, image_reads):
     reads, events = image_reads
     cfg = replace(tiny_cfg, {"output.storage": str(tmp_path), "search.confirm_seeds": 2,
-                             "search.pick": "forget_acc<=1.0, max zeroshot_acc"})
+                             "search.pick": "forget_acc<=1.0, max zeroshot_acc",
+                             "search.pick_margin_unit": "validation-test"})
     folder = RunFolder.of(cfg)
     folder.write_info(run_info(cfg, search_identity(cfg, ""), Space(), "", tiny_prepared),
                       tiny_prepared.base_state)

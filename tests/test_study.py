@@ -97,7 +97,8 @@ def test_the_pick_margin_moves_each_constraint_by_its_standard_errors():
     # The margin's unit follows search.pick_margin_unit: over validation and test images, or
     # over the validation images alone.
     splits = {"val_forget": 100, "test_forget": 100}
-    assert Steering.of_run(search, splits).sizes == {"forget_acc": 50}
+    both = SearchConfig(target="forget_acc<=0.05", pick_margin_unit="validation-test")
+    assert Steering.of_run(both, splits).sizes == {"forget_acc": 50}
     alone = SearchConfig(target="forget_acc<=0.05", pick_margin_unit="validation")
     assert Steering.of_run(alone, splits).sizes == {"forget_acc": 100}
     # Only the target pick reads the margin; under another rule the sampler asks for none.
