@@ -14,7 +14,8 @@ target by a margin, the highest ``zeroshot_acc``, then ``retain_acc``; see ``par
 A point's **margin** to the target is its smallest slack over the constraints, each in standard
 errors of the difference between two binomial proportions at the constraint's threshold: the
 metric's estimate on the validation images that choose the point, and its estimate on the test
-images that then report it (``margin_sizes``). It is how far, in units of the noise between the
+images that then report it (``margin_sizes``; ``search.pick_margin_unit: validation`` counts the
+validation estimate's alone). It is how far, in units of the noise between the
 sample that chooses and the sample that reports, the point is from missing the target. A value
 at the metric's bound (no forget image recognised, every retained one kept) cannot clear its
 threshold by more, so it counts as clearing it by any margin.

@@ -12,7 +12,8 @@ random sampler ignores them.
 
 Under the ``target`` pick, a constraint's value is its gap plus the pick's margin
 (``search.pick_margin`` standard errors of the difference between its validation and its test
-estimate, see ``Steering`` and ``objectives.margins``): the sampler counts as feasible the
+estimate, or of the validation estimate alone under ``search.pick_margin_unit: validation``; see
+``Steering`` and ``objectives.margins``): the sampler counts as feasible the
 points the pick (``pareto.pick``) accepts as meeting the target with confidence, not those that
 meet it by less than the samples' noise, which the pick passes over.
 """
