@@ -89,7 +89,8 @@ def run_seed(cfg, space_name: str, trials: int, device) -> list[dict]:
             out.append({"method": method, "failed": True, "wall_s": wall})
             continue
         chosen, why = pick(rows, cfg.search.pick, target=target, base=base_val,
-                           sizes=margin_sizes(prepared.scenario.summary()),
+                           sizes=margin_sizes(prepared.scenario.summary(),
+                                              cfg.search.pick_margin_unit),
                            margin=cfg.search.pick_margin)
         recipe = Recipe.from_dict(json.loads(chosen["recipe"]))
         test, = evaluate_recipes(prepared, cache, [recipe], "test", device)

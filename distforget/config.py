@@ -253,12 +253,11 @@ class SearchConfig:
     # said plainly), "knee", or constraints then an objective, e.g.
     # "forget_acc<=0.05, max zeroshot_acc".
     pick: str = "target"
-    # For pick "target": how many standard errors a point must clear every constraint by to be
-    # chosen for its zero-shot accuracy, in standard errors of the difference between its
-    # validation estimate and its test estimate (binomial proportions at the threshold over
-    # that metric's validation and test images; distforget.objectives.margin_sizes); a value
-    # at the metric's bound (forget 0) clears it by any margin. When none does, the feasible
-    # point with the largest margin is chosen. 0: any point that meets the target.
+    # For pick "target": how many standard errors (of the unit pick_margin_unit names; binomial
+    # proportions at the threshold, distforget.objectives.margin_sizes) a point must clear every
+    # constraint by to be chosen for its zero-shot accuracy; a value at the metric's bound
+    # (forget 0) clears it by any margin. When none does, the feasible point with the largest
+    # margin is chosen. 0: any point that meets the target.
     # The sampler's constraint values carry the same margin (distforget.study.Steering).
     pick_margin: float = knob(1.0, ge=0)
     # What pick_margin's standard errors are of: "validation-test" (the difference between a

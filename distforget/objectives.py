@@ -168,11 +168,11 @@ def margin_sizes(splits: Mapping[str, int] | None,
     if unit not in MARGIN_UNITS:
         raise ConfigError(f"search.pick_margin_unit {unit!r}: expected one of "
                           f"{', '.join(MARGIN_UNITS)}")
-    splits = {k: v for k, v in (splits or {}).items()
-              if unit == "validation-test" or k.startswith("val_")}
+    splits = splits or {}
     out = {}
     for metric, name in HELD_OUT_SETS.items():
-        n_val, n_test = splits.get(f"val_{name}"), splits.get(f"test_{name}")
+        n_val = splits.get(f"val_{name}")
+        n_test = splits.get(f"test_{name}") if unit == "validation-test" else None
         if n_val:
             out[metric] = n_val * n_test / (n_val + n_test) if n_test else float(n_val)
     return out

@@ -149,9 +149,9 @@ def pick(table: pd.DataFrame, rule: str, *, target: Sequence[Constraint] = (),
     """The row a rule picks among usable rows, and a sentence saying why.
 
     ``target``: among rows that meet every constraint of ``target`` (thresholds relative to
-    ``base``, the base model's validation metrics) by at least ``margin`` standard errors of
-    the difference between validation and test (``objectives.margins``; ``sizes``: images per
-    metric from ``objectives.margin_sizes``), the highest
+    ``base``, the base model's validation metrics) by at least ``margin`` standard errors
+    (``objectives.margins``; ``sizes``: images per metric from ``objectives.margin_sizes``, in
+    the run's ``search.pick_margin_unit``), the highest
     ``zeroshot_acc``, then ``retain_acc``, then the lowest ``forget_acc``. If rows meet the
     target but none by that margin, the one with the largest margin: the point most likely to
     meet it again on new images, where a point just over a threshold (one image on 60) would
