@@ -73,12 +73,12 @@ def run_config(info: Mapping[str, Any], rule: str | None = None) -> RunConfig:
 
 def pick_options(cfg: RunConfig, info: Mapping[str, Any]) -> dict[str, Any]:
     """What every pick of a run reads besides its rows: the target, the base model's
-    validation metrics, the images behind each metric's margin unit and the margin (run.json,
-    config)."""
+    validation metrics, the images behind each metric's margin unit, the margin and its unit
+    (run.json, config)."""
     return {"target": parse_target(cfg.search.target), "base": info["base_metrics"],
             "sizes": margin_sizes(info.get("prepared", {}).get("splits"),
                                   cfg.search.pick_margin_unit),
-            "margin": cfg.search.pick_margin}
+            "margin": cfg.search.pick_margin, "unit": cfg.search.pick_margin_unit}
 
 
 def choose(results: pd.DataFrame, cfg: RunConfig, info: Mapping[str, Any]

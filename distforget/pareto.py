@@ -21,7 +21,8 @@ import numpy as np
 import pandas as pd
 
 from distforget.errors import ConfigError
-from distforget.objectives import OBJECTIVES, Constraint, margins, parse_rule, shortfalls
+from distforget.objectives import (MARGIN_UNIT_WORDS, OBJECTIVES, Constraint, margins, parse_rule,
+                                   shortfalls)
 
 
 def to_minimize(table: pd.DataFrame, objectives: dict[str, str] = OBJECTIVES) -> np.ndarray:
@@ -145,13 +146,13 @@ def violations(rows: pd.DataFrame, constraints: Sequence[Constraint],
 
 def pick(table: pd.DataFrame, rule: str, *, target: Sequence[Constraint] = (),
          base: Mapping[str, float] | None = None, sizes: Mapping[str, int] | None = None,
-         margin: float = 0.0) -> tuple[pd.Series, str]:
+         margin: float = 0.0, unit: str | None = None) -> tuple[pd.Series, str]:
     """The row a rule picks among usable rows, and a sentence saying why.
 
     ``target``: among rows that meet every constraint of ``target`` (thresholds relative to
     ``base``, the base model's validation metrics) by at least ``margin`` standard errors
     (``objectives.margins``; ``sizes``: images per metric from ``objectives.margin_sizes``, in
-    the run's ``search.pick_margin_unit``), the highest
+    the run's ``search.pick_margin_unit``, which ``unit`` names in the sentence), the highest
     ``zeroshot_acc``, then ``retain_acc``, then the lowest ``forget_acc``. If rows meet the
     target but none by that margin, the one with the largest margin: the point most likely to
     meet it again on new images, where a point just over a threshold (one image on 60) would
@@ -178,16 +179,17 @@ def pick(table: pd.DataFrame, rule: str, *, target: Sequence[Constraint] = (),
         feasible = violation == 0
         slack = np.array(margins(rows.to_dict("records"), target, base, sizes))
         confident = feasible & (slack >= margin)
+        errors = "standard errors" + (f" of the {MARGIN_UNIT_WORDS[unit]}" if unit else "")
         if confident.any():
             order = np.lexsort((f, -r, -z, ~confident))
-            by = (f" by at least {margin:g} standard errors" if margin > 0 and sizes else "")
+            by = f" by at least {margin:g} {errors}" if margin > 0 and sizes else ""
             return rows.iloc[order[0]], (
                 f"the highest zeroshot_acc (then retain_acc) among the {int(confident.sum())} "
                 f"validation points that meet the target {text!r}{by}")
         if feasible.any():
             order = np.lexsort((-r, -z, -slack, ~feasible))
             return rows.iloc[order[0]], (
-                f"the largest margin ({slack[order[0]]:.2f} standard errors) among the "
+                f"the largest margin ({slack[order[0]]:.2f} {errors}) among the "
                 f"{int(feasible.sum())} validation points that meet the target {text!r}; none "
                 f"meets it by {margin:g}")
         idx = np.lexsort((-z, violation))[0]

@@ -123,6 +123,9 @@ def test_the_target_pick_passes_over_a_point_just_over_a_threshold_for_one_with_
     assert row["trial_id"] == "clear"
     assert "among the 1 validation points that meet the target" in why
     assert "by at least 1 standard errors" in why
+    _, why = pick(t, "target", target=TARGET, base=BASE, sizes=SIZES, margin=1.0,
+                  unit="validation-test")
+    assert "by at least 1 standard errors of the validation-test difference" in why
 
 
 def test_without_a_point_clear_by_the_margin_the_largest_margin_is_picked_and_said():
