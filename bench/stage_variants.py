@@ -52,8 +52,6 @@ VARIANTS = {
     "remind forget weight 30": {"remind.forget_weight": 30.0},
     "remind forget weight 100": {"remind.forget_weight": 100.0},
     "forget lr 3e-4": {"forget.lr": 3e-4},  # a gentler forget stage (1e-3 by default)
-    "remind augment": {"remind.augment": True},  # flips and shifts of the remind images
-    "remind augment forget weight 100": {"remind.augment": True, "remind.forget_weight": 100.0},
     "remind all layers": {"remind.layers": "all"},
     "remind all layers lr 3e-4": {"remind.layers": "all", "remind.lr": 3e-4},
     "remind all layers feature kd 10": {"remind.layers": "all", "remind.feature_kd": 10.0},

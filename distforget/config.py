@@ -190,10 +190,6 @@ class RemindConfig:
     # for an image tower with BatchNorm layers and 0 for one without.
     bn_align_images: int | None = knob(None, ge=0)
     bn_align_steps: int = knob(50, ge=1)
-    # Random horizontal flips and shifts (up to 1/8 of the side) of the images each remind step
-    # trains on, drawn per image from the stage seed, epoch and batch (the same on any number of
-    # workers). The teacher targets stay those of the unaugmented images. Off by default.
-    augment: bool = False
     seed: int = 0
 
 

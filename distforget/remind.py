@@ -10,8 +10,7 @@ image moves to where the base model would put it without that class rather than 
 The distillation set is the retain training images (their teacher logits were computed once,
 in ``prepare``) plus, for BatchNorm image towers, optional synthetic images optimised so that
 their batch statistics match the BN layers' stored statistics: they stand in for the
-pre-training distribution that the stages never see. Optional weight EMA. With
-``remind.augment`` each step's images are flipped and shifted at random (``training.augment``).
+pre-training distribution that the stages never see. Optional weight EMA.
 
 With ``remind.feature_kd`` > 0 the retained and synthetic images also take that weight times
 ``1 - cos(student embedding, base embedding)``: distillation on the whole image embedding, not
@@ -33,10 +32,10 @@ from distforget.evaluate import image_features, zero_shot_logits
 from distforget.losses import distillation_loss, forget_loss
 from distforget.prepare import Prepared
 from distforget.synthetic import bn_align_count, bn_aligned_images
-from distforget.training import (Parallel, StageHooks, StageOutput, augment, augment_draws,
-                                 autocast, batch_scale, device_index, embed, global_batches,
-                                 maybe_compile, run_epochs, set_trainable, sharded_accuracy,
-                                 snapshotter, train_mode, visual_state, wrap_ddp)
+from distforget.training import (Parallel, StageHooks, StageOutput, autocast, batch_scale,
+                                 device_index, embed, global_batches, maybe_compile, run_epochs,
+                                 set_trainable, sharded_accuracy, snapshotter, train_mode,
+                                 visual_state, wrap_ddp)
 
 
 RETAIN, SYNTHETIC, FORGET = 0, 1, 2  # roles of the images a remind step draws from
@@ -135,22 +134,10 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
     teacher_t = torch.tensor(kd.teacher, device=device)
     features_t = torch.tensor(kd.features, device=device) if kd.features is not None else None
 
-    where = {"epoch": 0, "batch": 0}  # which global batch a step is, for its augmentation
-
-    def batches(epoch: int) -> list[np.ndarray]:
-        where.update(epoch=epoch, batch=0)
-        return global_batches(len(kd_images), cfg.batch_size, epoch, cfg.seed)
-
     def step(global_batch: np.ndarray) -> torch.Tensor:
         local = parallel.shard(global_batch)
-        pixels = prep(kd_images[local])
-        if cfg.augment:
-            draws = augment_draws(len(global_batch), pixels.shape[-1], cfg.seed,
-                                  where["epoch"], where["batch"])
-            pixels = augment(pixels, draws[parallel.shard(np.arange(len(global_batch)))])
-        where["batch"] += 1
         with autocast(device, precision):
-            feats = embed(module, pixels)
+            feats = embed(module, prep(kd_images[local]))
         logits = prepared.logit_scale * feats @ head.T
         idx = device_index(local, device)
         y, role = labels_t[idx], roles_t[idx]
@@ -186,8 +173,9 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
 
     record = run_epochs(
         epochs=cfg.epochs,
-        batches=batches, step=step, optimizer=opt, end_epoch=end_epoch, snapshot=snapshot,
-        restore=restore, hooks=hooks, parallel=parallel,
+        batches=lambda e: global_batches(len(kd_images), cfg.batch_size, e, cfg.seed),
+        step=step, optimizer=opt, end_epoch=end_epoch, snapshot=snapshot, restore=restore,
+        hooks=hooks, parallel=parallel,
         after_step=(lambda: ema.update_parameters(visual)) if ema is not None else None)
     final = ema.module if ema is not None else visual
     meta = {"stage": "remind", "layers": layers, "synthetic_images": kd.synthetic, **record,

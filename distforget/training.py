@@ -70,29 +70,6 @@ def cycle_batches(n: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
         epoch += 1
 
 
-def augment_draws(n: int, side: int, seed: int, epoch: int, batch: int) -> np.ndarray:
-    """For each image of one global batch: [flip (0 or 1), shift down, shift right], shifts in
-    pixels up to 1/8 of ``side``; drawn from (seed, epoch, batch) alone, so every rank draws the
-    same and takes its shard's rows."""
-    rng = np.random.default_rng([seed, epoch, batch])
-    most = max(1, side // 8)
-    return np.stack([rng.integers(0, 2, n), rng.integers(-most, most + 1, n),
-                     rng.integers(-most, most + 1, n)], axis=1)
-
-
-def augment(pixels: torch.Tensor, draws: np.ndarray) -> torch.Tensor:
-    """``pixels`` [n, c, h, w] flipped and shifted as ``draws`` says (``augment_draws``'s rows
-    for these images); shifted-in borders are reflections of the image."""
-    most = int(np.abs(draws[:, 1:]).max(initial=0))
-    padded = torch.nn.functional.pad(pixels, (most,) * 4, mode="reflect") if most else pixels
-    h, w = pixels.shape[-2:]
-    out = [padded[i, :, most - dy:most - dy + h, most - dx:most - dx + w]
-           for i, (_, dy, dx) in enumerate(draws.tolist())]
-    shifted = torch.stack(out)
-    flip = torch.from_numpy(draws[:, 0].astype(bool)).to(pixels.device)
-    return torch.where(flip[:, None, None, None], shifted.flip(-1), shifted)
-
-
 def autocast(device: torch.device, precision: str):
     """Autocast context for a stage: bf16/fp16 on CUDA as configured, fp32 otherwise.
 

@@ -211,35 +211,3 @@ def test_feature_distillation_holds_the_retained_embeddings_near_the_base(tiny_p
     plain_drift = _retained_embedding_drift(tiny_prepared, plain.state, cpu)
     held_drift = _retained_embedding_drift(tiny_prepared, held.state, cpu)
     assert held_drift < 0.75 * plain_drift
-
-
-def test_augmentation_draws_are_the_same_on_any_number_of_workers_and_keep_the_images():
-    from distforget.training import augment, augment_draws
-
-    draws = augment_draws(6, 32, seed=3, epoch=1, batch=2)
-    assert np.array_equal(draws, augment_draws(6, 32, seed=3, epoch=1, batch=2))
-    assert not np.array_equal(draws, augment_draws(6, 32, seed=3, epoch=2, batch=2))
-    assert np.abs(draws[:, 1:]).max() <= 4 and set(draws[:, 0]) <= {0, 1}
-    pixels = torch.arange(6 * 3 * 32 * 32, dtype=torch.float32).reshape(6, 3, 32, 32)
-    whole = augment(pixels, draws)
-    # Two workers each take their shard of the global batch's rows and draws.
-    halves = [augment(pixels[r::2], draws[r::2]) for r in (0, 1)]
-    assert torch.equal(whole[0::2], halves[0]) and torch.equal(whole[1::2], halves[1])
-    # No flip and no shift leaves an image as it was; a flip alone mirrors it.
-    still = augment(pixels[:1], np.array([[0, 0, 0]]))
-    assert torch.equal(still, pixels[:1])
-    assert torch.equal(augment(pixels[:1], np.array([[1, 0, 0]])), pixels[:1].flip(-1))
-    # A shift moves the image: row 2 of an image shifted down by 2 is its row 0.
-    down = augment(pixels[:1], np.array([[0, 2, 0]]))
-    assert torch.equal(down[0, :, 2], pixels[0, :, 0])
-
-
-def test_the_augmented_remind_stage_trains_on_other_pixels_and_repeats_itself(
-        tiny_prepared, forgotten, cpu):
-    cfg = RemindConfig(epochs=1, ema_decay=None, lr=5e-3, batch_size=8, bn_align_images=0)
-    plain = run_remind(tiny_prepared, cfg, forgotten, device=cpu)
-    on = dataclasses.replace(cfg, augment=True)
-    first, again = (run_remind(tiny_prepared, on, forgotten, device=cpu) for _ in range(2))
-    name = next(k for k in plain.state if not torch.equal(plain.state[k], forgotten.state[k]))
-    assert not torch.equal(first.state[name], plain.state[name])
-    assert all(torch.equal(first.state[k], again.state[k]) for k in first.state)
