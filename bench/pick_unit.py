@@ -42,9 +42,6 @@ from distforget.prepare import prepare  # noqa: E402
 from distforget.run_folder import RunFolder  # noqa: E402
 from distforget.trial import Recipe, StageCache, local_evaluator  # noqa: E402
 
-UNITS = MARGIN_UNITS
-
-
 def compare(run: Path, device: torch.device) -> dict:
     folder = RunFolder(str(run))
     info = folder.read_info()
@@ -56,10 +53,9 @@ def compare(run: Path, device: torch.device) -> dict:
     options = pick_options(cfg, info)
     splits = info.get("prepared", {}).get("splits", {})
     out = {"run": f"{run.parent.name}/{run.name}"}
-    for unit in UNITS:  # both choices first: no test image is read before the second
+    for unit in MARGIN_UNITS:  # both choices first: no test image is read before the second
         sizes = margin_sizes(splits, unit)
-        chosen, why = pick(rows, cfg.search.pick, target=options["target"],
-                           base=options["base"], sizes=sizes, margin=options["margin"])
+        chosen, why = pick(rows, cfg.search.pick, **{**options, "sizes": sizes, "unit": unit})
         slack = np.array(margins(rows.to_dict("records"), options["target"], options["base"],
                                  sizes))
         out[unit] = {"chosen": chosen, "why": why, "confident": int((slack >= options["margin"])
@@ -69,7 +65,7 @@ def compare(run: Path, device: torch.device) -> dict:
     if tested.empty:
         raise SystemExit(f"{run}: no test metrics in results.parquet (an unfinished search?)")
     evaluate = None
-    for unit in UNITS:
+    for unit in MARGIN_UNITS:
         chosen = out[unit]["chosen"]
         if pd.isna(chosen.get(f"test_{ACCURACIES[0]}")):
             if evaluate is None:
@@ -86,7 +82,7 @@ def compare(run: Path, device: torch.device) -> dict:
 def table(out: list[dict]) -> pd.DataFrame:
     rows = []
     for o in out:
-        for unit in UNITS:
+        for unit in MARGIN_UNITS:
             u = o[unit]
             rows.append({
                 "run": o["run"], "margin unit": unit,
@@ -108,13 +104,13 @@ def main(argv: list[str] | None = None) -> int:
     out = []
     for run in runs:
         o = compare(run, torch.device("cpu"))
-        print(f"{o['run']}: " + "; ".join(f"{unit}: {o[unit]['why']}" for unit in UNITS),
+        print(f"{o['run']}: " + "; ".join(f"{unit}: {o[unit]['why']}" for unit in MARGIN_UNITS),
               flush=True)
         out.append(o)
-    met = {unit: sum(o[unit]["met"] for o in out) for unit in UNITS}
+    met = {unit: sum(o[unit]["met"] for o in out) for unit in MARGIN_UNITS}
     text = (f"`python bench/pick_unit.py {' '.join(args.runs)}` ({machine()}): {len(out)} runs; "
             "target met on test " + ", ".join(f"{met[u]}/{len(out)} with the {u} unit"
-                                              for u in UNITS)
+                                              for u in MARGIN_UNITS)
             + ".\n\n" + markdown(table(out)) + "\n")
     publish(text, args)
     return 0

@@ -91,7 +91,7 @@ def run_seed(cfg, space_name: str, trials: int, device) -> list[dict]:
         chosen, why = pick(rows, cfg.search.pick, target=target, base=base_val,
                            sizes=margin_sizes(prepared.scenario.summary(),
                                               cfg.search.pick_margin_unit),
-                           margin=cfg.search.pick_margin)
+                           margin=cfg.search.pick_margin, unit=cfg.search.pick_margin_unit)
         recipe = Recipe.from_dict(json.loads(chosen["recipe"]))
         test, = evaluate_recipes(prepared, cache, [recipe], "test", device)
         base_t = {m: base_test[as_test(m)] for m in ACCURACIES}

@@ -29,10 +29,12 @@ sys.path.insert(0, str(ROOT))
 
 from bench.soup_grid import add_run_arguments, method_rows, publish, runs_to_read  # noqa: E402
 from bench.suite import markdown  # noqa: E402
+from distforget.objectives import DEFAULT_TARGET, parse_target  # noqa: E402
 from distforget.run_folder import RunFolder  # noqa: E402
 from distforget.trial import StageCache  # noqa: E402
 
-FORGOTTEN = 0.05  # the default target's forget threshold
+# The default target's forget threshold.
+FORGOTTEN = next(c.value for c in parse_target(DEFAULT_TARGET) if c.metric == "forget_acc")
 
 
 def trial_gaps(run: Path) -> pd.DataFrame:
@@ -45,10 +47,10 @@ def trial_gaps(run: Path) -> pd.DataFrame:
     out = []
     for _, row in rows.iterrows():
         key = json.loads(row["recipe"])["stages"].get("remind")
-        stage = cache.get("remind", key) if key else None
-        if stage is None:
+        meta = cache.meta("remind", key) if key else None
+        if meta is None:
             continue
-        last = stage.meta["history"][-1]
+        last = meta["history"][-1]
         out.append({"train_forget_acc": last.get("train_forget_acc"),
                     "train_retain_acc": last.get("train_retain_acc"),
                     "val_forget_acc": row["forget_acc"], "val_retain_acc": row["retain_acc"]})
@@ -60,10 +62,10 @@ def spread(values: pd.Series) -> str:
 
 
 def summary(run: Path) -> dict:
-    gaps = trial_gaps(run)
+    gaps = trial_gaps(run).dropna()
     if gaps.empty:
-        raise SystemExit(f"{run}: no three-stage trial with a cached remind stage at alpha 1")
-    gaps = gaps.dropna()
+        raise SystemExit(f"{run}: no three-stage trial with a cached remind stage at alpha 1 "
+                         "that recorded its training accuracies")
     held_back = ((gaps["train_forget_acc"] <= FORGOTTEN)
                  & (gaps["val_forget_acc"] > FORGOTTEN)).sum()
     return {"run": f"{run.parent.name}/{run.name}", "trials": len(gaps),

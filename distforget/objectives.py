@@ -153,9 +153,9 @@ HELD_OUT_SETS = {"forget_acc": "forget", "retain_acc": "retain", "zeroshot_acc":
 
 # What a margin's standard error is of (search.pick_margin_unit): the validation estimate alone,
 # or the difference between the validation and the test estimate.
-MARGIN_UNITS = ("validation", "validation-test")
 MARGIN_UNIT_WORDS = {"validation": "validation estimate",
                      "validation-test": "validation-test difference"}
+MARGIN_UNITS = tuple(MARGIN_UNIT_WORDS)
 
 
 def margin_sizes(splits: Mapping[str, int] | None,

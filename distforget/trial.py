@@ -77,16 +77,24 @@ class StageCache:
         return self.root is not None and storage.exists(
             storage.join(self._dir(stage, key), "meta.json"))
 
+    def meta(self, stage: str, key: str) -> dict | None:
+        """A stage output's JSON record alone (its weights are not read), or None."""
+        if key in self._memory:
+            return self._memory[key].meta
+        if self.root is None:
+            return None
+        meta_uri = storage.join(self._dir(stage, key), "meta.json")
+        if not storage.exists(meta_uri):
+            return None
+        return json.loads(storage.read_bytes(meta_uri))
+
     def get(self, stage: str, key: str) -> StageOutput | None:
         if key in self._memory:
             return self._memory[key]
-        if self.root is None:
+        meta = self.meta(stage, key)
+        if meta is None:
             return None
         folder = self._dir(stage, key)
-        meta_uri = storage.join(folder, "meta.json")
-        if not storage.exists(meta_uri):
-            return None
-        meta = json.loads(storage.read_bytes(meta_uri))
         state = load_safetensors(storage.read_bytes(storage.join(folder, "model.safetensors")))
         out = StageOutput(state=state, meta=meta)
         self._memory[key] = out
