@@ -51,7 +51,8 @@ VARIANTS = {
     "remind forget weight 3": {"remind.forget_weight": 3.0},  # the forget term's weight (10)
     "remind forget weight 30": {"remind.forget_weight": 30.0},
     "remind forget weight 100": {"remind.forget_weight": 100.0},
-    "forget lr 3e-4": {"forget.lr": 3e-4},  # a gentler forget stage (1e-3 by default)
+    "forget lr 3e-4": {"forget.lr": 3e-4},
+    "remind cosine": {"remind.lr_schedule": "cosine"},  # cosine learning rate (constant now)  # a gentler forget stage (1e-3 by default)
     "remind all layers": {"remind.layers": "all"},
     "remind all layers lr 3e-4": {"remind.layers": "all", "remind.lr": 3e-4},
     "remind all layers feature kd 10": {"remind.layers": "all", "remind.feature_kd": 10.0},

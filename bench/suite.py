@@ -223,11 +223,29 @@ def comparison_rows(runs: list[dict], earlier: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def earlier_runs(storage: Path, names: list[str], seeds: int) -> list[dict]:
+def seed_list(text: str) -> list[int]:
+    """``--seeds``: a count N (seeds 0..N-1) or a comma-separated list of seeds ("1,2")."""
+    try:
+        if "," not in text:
+            count = int(text)
+            if count < 1:
+                raise ValueError
+            return list(range(count))
+        seeds = [int(s) for s in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected a count of seeds (1 or more) or comma-separated seeds, "
+            "e.g. 3 or 1,2") from None
+    if min(seeds) < 0 or len(set(seeds)) != len(seeds):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected distinct seeds, each 0 or more")
+    return seeds
+
+
+def earlier_runs(storage: Path, names: list[str], seeds: list[int]) -> list[dict]:
     """The finished runs (``suite.json``) of the named scenarios and seeds under ``storage``."""
     found = []
     for name in names:
-        for seed in range(seeds):
+        for seed in seeds:
             path = run_dir(storage, name, seed) / "suite.json"
             if path.is_file():
                 found.append(json.loads(path.read_text()))
@@ -383,7 +401,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated, of {', '.join(SCENARIOS)} (default: all)")
-    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument("--seeds", type=seed_list, default=seed_list("3"),
+                        help="a count N, seeds 0..N-1 (default 3), or a list of seeds: 1,2 "
+                             "(two calls on different seeds can share one --storage)")
     parser.add_argument("--num-trials", type=int, default=None,
                         help="search.num_trials (default: the package default)")
     parser.add_argument("--no-baselines", action="store_true", help="search.baselines=[]")
@@ -408,7 +428,7 @@ def main(argv: list[str] | None = None) -> int:
                              "the stage and search keys in which the runs differ")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.scenarios, args.seeds, args.num_trials, args.no_baselines = "embedded", 1, 2, True
+        args.scenarios, args.seeds, args.num_trials, args.no_baselines = "embedded", [0], 2, True
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
@@ -430,7 +450,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         if args.run:
             ensure_data(name)
-        for seed in range(args.seeds):
+        for seed in args.seeds:
             if args.run or (run_dir(args.storage, name, seed) / "suite.json").is_file():
                 runs.append(run_one(name, seed, args))
     if not runs:
@@ -450,7 +470,7 @@ def main(argv: list[str] | None = None) -> int:
         f"`python bench/suite.py{' --smoke' if args.smoke else ''}` ({date.today()}; "
         f"{machine()}; {os.cpu_count()} cores; OMP_NUM_THREADS="
         f"{os.environ.get('OMP_NUM_THREADS', 'unset')}): {len(names)} scenario(s) x "
-        f"{args.seeds} seed(s) ({len(runs)} runs), {budget}; suite wall time "
+        f"{len(args.seeds)} seed(s) ({len(runs)} runs), {budget}; suite wall time "
         f"{wall / 60:.1f} min"
         + (f" ({reused} of {len(runs)} runs reused from earlier calls; the runs' recorded "
            f"search and retrain times add up to {recorded_minutes(runs):.1f} min)"

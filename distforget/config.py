@@ -175,6 +175,8 @@ class RemindConfig:
     feature_kd: float = knob(0.0, ge=0)
     # Weight EMA decay per step; null disables it.
     ema_decay: float | None = knob(0.9, gt=0, lt=1)
+    # Learning rate over the stage: constant, or cosine (from lr down to 0 at the last step).
+    lr_schedule: Literal["constant", "cosine"] = "constant"
     # Which layers the remind stage trains: those the forget stage chose, or the whole tower.
     layers: Literal["forget", "all"] = "forget"
     # Weight of a forget term on the forget images during remind. On by default: the paper's

@@ -33,7 +33,7 @@ from distforget.losses import distillation_loss, forget_loss
 from distforget.prepare import Prepared
 from distforget.synthetic import bn_align_count, bn_aligned_images
 from distforget.training import (Parallel, StageHooks, StageOutput, autocast, batch_scale,
-                                 device_index, embed, global_batches, maybe_compile, run_epochs,
+                                 device_index, embed, global_batches, lr_schedule, maybe_compile, run_epochs,
                                  set_trainable, sharded_accuracy, snapshotter, train_mode,
                                  visual_state, wrap_ddp)
 
@@ -127,6 +127,8 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
     module = maybe_compile(wrap_ddp(visual, parallel, device), compile)
     opt = torch.optim.AdamW([p for p in visual.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
+    sched = lr_schedule(opt, cfg.lr_schedule,
+                        cfg.epochs * len(global_batches(len(kd_images), cfg.batch_size, 0, cfg.seed)))
     ema = (AveragedModel(visual, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
                          use_buffers=True) if cfg.ema_decay else None)
     labels_t = torch.tensor(kd_labels, device=device).clamp(min=0)
@@ -168,15 +170,20 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
                                                  prep, parallel, precision)
         return metrics, False
 
-    snapshot, restore = snapshotter(visual=visual, optimizer=opt,
+    snapshot, restore = snapshotter(visual=visual, optimizer=opt, schedule=sched,
                                     **({"ema": ema} if ema is not None else {}))
+
+    def after_step() -> None:
+        sched.step()
+        if ema is not None:
+            ema.update_parameters(visual)
 
     record = run_epochs(
         epochs=cfg.epochs,
         batches=lambda e: global_batches(len(kd_images), cfg.batch_size, e, cfg.seed),
         step=step, optimizer=opt, end_epoch=end_epoch, snapshot=snapshot, restore=restore,
         hooks=hooks, parallel=parallel,
-        after_step=(lambda: ema.update_parameters(visual)) if ema is not None else None)
+        after_step=after_step)
     final = ema.module if ema is not None else visual
     meta = {"stage": "remind", "layers": layers, "synthetic_images": kd.synthetic, **record,
             "wall_s": time.perf_counter() - start}

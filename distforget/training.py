@@ -62,6 +62,19 @@ def global_batches(n: int, batch_size: int, epoch: int, seed: int) -> list[np.nd
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
+def lr_schedule(optimizer: torch.optim.Optimizer, kind: str,
+                total_steps: int) -> torch.optim.lr_scheduler.LambdaLR:
+    """The stage's learning-rate schedule over ``total_steps`` optimizer steps: ``constant``,
+    or ``cosine`` from the optimizer's learning rate down to 0 at the last step."""
+    if kind == "constant":
+        return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    if kind == "cosine":
+        total = max(1, total_steps)
+        return torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda s: 0.5 * (1.0 + math.cos(math.pi * min(s, total) / total)))
+    raise ValueError(f"lr schedule {kind!r}: expected 'constant' or 'cosine'")
+
+
 def cycle_batches(n: int, batch_size: int, seed: int) -> Iterator[np.ndarray]:
     """Endless global batches over ``n`` items (a fresh permutation each pass)."""
     epoch = 0

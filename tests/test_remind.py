@@ -211,3 +211,42 @@ def test_feature_distillation_holds_the_retained_embeddings_near_the_base(tiny_p
     plain_drift = _retained_embedding_drift(tiny_prepared, plain.state, cpu)
     held_drift = _retained_embedding_drift(tiny_prepared, held.state, cpu)
     assert held_drift < 0.75 * plain_drift
+
+
+def test_lr_schedules_over_the_stage_steps():
+    from distforget.training import lr_schedule
+
+    def factors(kind, total):
+        opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=2.0)
+        sched, seen = lr_schedule(opt, kind, total), []
+        for _ in range(total + 1):
+            seen.append(opt.param_groups[0]["lr"])
+            opt.step()
+            sched.step()
+        return seen
+
+    cosine = factors("cosine", 10)
+    assert cosine[0] == pytest.approx(2.0) and cosine[5] == pytest.approx(1.0)
+    assert cosine[10] == pytest.approx(0.0, abs=1e-12)
+    assert all(a > b for a, b in zip(cosine, cosine[1:]))
+    assert factors("constant", 4) == [2.0] * 5
+    with pytest.raises(ValueError, match="'step'.*'constant' or 'cosine'"):
+        lr_schedule(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0), "step", 3)
+
+
+def test_cosine_remind_ends_at_a_zero_learning_rate(tiny_prepared, forgotten, cpu):
+    """The schedule spans every step of the stage and travels with its resumable state."""
+    from distforget.training import StageHooks
+
+    seen = {}
+
+    def on_epoch(epoch, metrics, snapshot):
+        seen[epoch] = snapshot()["schedule"]
+
+    cfg = RemindConfig(epochs=2, lr=1e-3, batch_size=8, bn_align_images=0,
+                       lr_schedule="cosine")
+    out = run_remind(tiny_prepared, cfg, forgotten, device=cpu,
+                     hooks=StageHooks(on_epoch=on_epoch))
+    assert seen[1]["last_epoch"] == out.meta["steps"] > seen[0]["last_epoch"] > 0
+    assert seen[1]["_last_lr"] == [pytest.approx(0.0, abs=1e-12)]
+    assert 0 < seen[0]["_last_lr"][0] < 1e-3

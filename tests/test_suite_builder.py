@@ -144,7 +144,7 @@ def test_the_comparison_sets_each_scenario_beside_its_earlier_runs(tmp_path):
     folder = tmp_path / "embedded-s1"
     folder.mkdir()
     (folder / "suite.json").write_text(json.dumps(before[0]))
-    assert earlier_runs(tmp_path, ["embedded", "cifar10-cat"], 3) == before
+    assert earlier_runs(tmp_path, ["embedded", "cifar10-cat"], [0, 1, 2]) == before
 
 
 def test_a_reused_run_without_a_retrain_reference_gets_one_and_keeps_its_search(
@@ -201,3 +201,14 @@ def test_a_named_section_takes_the_tables_and_a_missing_one_is_refused_first(tmp
     with pytest.raises(SystemExit):
         suite.main([*common, "--section", "nowhere"])
     assert results.read_text() == text
+
+
+def test_seeds_are_a_count_or_a_list():
+    import argparse
+
+    from bench.suite import seed_list
+    assert seed_list("3") == [0, 1, 2]
+    assert seed_list("1,2") == [1, 2]
+    for bad in ("0", "two", "1,1", "-1,2"):
+        with pytest.raises(argparse.ArgumentTypeError, match=repr(bad)):
+            seed_list(bad)
