@@ -23,6 +23,9 @@ without that flag (the search is kept).
     python bench/suite.py --smoke        # embedded only, 2 trials, 1 seed, no baselines
     python bench/suite.py --scenarios embedded,cifar10-hierarchy --seeds 1
     python bench/suite.py --no-run       # the tables from the finished runs only
+    python bench/suite.py --scenarios cifar10-cat --seed 1 --seed 2 --no-retrain  # beside a call
+        # on --seed 0 with the same --storage: two streams on two cores; a last call without
+        # --no-retrain adds the retrain reference to seeds 1 and 2
 """
 
 from __future__ import annotations
@@ -223,22 +226,16 @@ def comparison_rows(runs: list[dict], earlier: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def seed_list(text: str) -> list[int]:
-    """``--seeds``: a count N (seeds 0..N-1) or a comma-separated list of seeds ("1,2")."""
-    try:
-        if "," not in text:
-            count = int(text)
-            if count < 1:
-                raise ValueError
-            return list(range(count))
-        seeds = [int(s) for s in text.split(",")]
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"{text!r}: expected a count of seeds (1 or more) or comma-separated seeds, "
-            "e.g. 3 or 1,2") from None
-    if min(seeds) < 0 or len(set(seeds)) != len(seeds):
-        raise argparse.ArgumentTypeError(f"{text!r}: expected distinct seeds, each 0 or more")
-    return seeds
+def run_seeds(count: int, chosen: list[int] | None) -> list[int] | str:
+    """The suite's seeds: ``--seed`` values when given, else 0..``--seeds``-1; or what is
+    wrong with them."""
+    if chosen:
+        if min(chosen) < 0 or len(set(chosen)) != len(chosen):
+            return f"--seed {chosen}: expected distinct seeds, each 0 or more"
+        return list(chosen)
+    if count < 1:
+        return f"--seeds {count}: expected a count of 1 or more"
+    return list(range(count))
 
 
 def earlier_runs(storage: Path, names: list[str], seeds: list[int]) -> list[dict]:
@@ -376,7 +373,8 @@ def ensure_data(name: str) -> None:
 def comparison(runs: list[dict], names: list[str], args) -> list[str]:
     """The section's lines that set these runs beside the earlier ones in ``args.compare``."""
     pairs = {(r["scenario"], r["seed"]) for r in runs}
-    earlier = [e for e in earlier_runs(Path(args.compare), names, args.seeds)
+    seeds = sorted({seed for _, seed in pairs})
+    earlier = [e for e in earlier_runs(Path(args.compare), names, seeds)
                if (e["scenario"], e["seed"]) in pairs]
     if not earlier:
         return ["", f"No finished runs of these scenarios under {args.compare} to compare with."]
@@ -401,9 +399,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
                         help=f"comma-separated, of {', '.join(SCENARIOS)} (default: all)")
-    parser.add_argument("--seeds", type=seed_list, default=seed_list("3"),
-                        help="a count N, seeds 0..N-1 (default 3), or a list of seeds: 1,2 "
-                             "(two calls on different seeds can share one --storage)")
+    parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
+    parser.add_argument("--seed", type=int, action="append", metavar="S",
+                        help="this seed instead of 0..N-1 (repeatable: --seed 1 --seed 2; two "
+                             "calls on different seeds can share one --storage)")
     parser.add_argument("--num-trials", type=int, default=None,
                         help="search.num_trials (default: the package default)")
     parser.add_argument("--no-baselines", action="store_true", help="search.baselines=[]")
@@ -428,11 +427,15 @@ def main(argv: list[str] | None = None) -> int:
                              "the stage and search keys in which the runs differ")
     args = parser.parse_args(argv)
     if args.smoke:
-        args.scenarios, args.seeds, args.num_trials, args.no_baselines = "embedded", [0], 2, True
+        args.scenarios, args.seeds, args.num_trials, args.no_baselines = "embedded", 1, 2, True
+        args.seed = None
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"--scenarios: {unknown[0]!r} is not one of {', '.join(SCENARIOS)}")
+    seeds = run_seeds(args.seeds, args.seed)
+    if isinstance(seeds, str):
+        parser.error(seeds)
 
     from bench.common import machine, missing_section, replace_section
 
@@ -450,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in names:
         if args.run:
             ensure_data(name)
-        for seed in args.seeds:
+        for seed in seeds:
             if args.run or (run_dir(args.storage, name, seed) / "suite.json").is_file():
                 runs.append(run_one(name, seed, args))
     if not runs:
@@ -470,7 +473,7 @@ def main(argv: list[str] | None = None) -> int:
         f"`python bench/suite.py{' --smoke' if args.smoke else ''}` ({date.today()}; "
         f"{machine()}; {os.cpu_count()} cores; OMP_NUM_THREADS="
         f"{os.environ.get('OMP_NUM_THREADS', 'unset')}): {len(names)} scenario(s) x "
-        f"{len(args.seeds)} seed(s) ({len(runs)} runs), {budget}; suite wall time "
+        f"{len(seeds)} seed(s) ({len(runs)} runs), {budget}; suite wall time "
         f"{wall / 60:.1f} min"
         + (f" ({reused} of {len(runs)} runs reused from earlier calls; the runs' recorded "
            f"search and retrain times add up to {recorded_minutes(runs):.1f} min)"

@@ -203,12 +203,10 @@ def test_a_named_section_takes_the_tables_and_a_missing_one_is_refused_first(tmp
     assert results.read_text() == text
 
 
-def test_seeds_are_a_count_or_a_list():
-    import argparse
-
-    from bench.suite import seed_list
-    assert seed_list("3") == [0, 1, 2]
-    assert seed_list("1,2") == [1, 2]
-    for bad in ("0", "two", "1,1", "-1,2"):
-        with pytest.raises(argparse.ArgumentTypeError, match=repr(bad)):
-            seed_list(bad)
+def test_seeds_are_a_count_or_chosen_ones():
+    from bench.suite import run_seeds
+    assert run_seeds(3, None) == [0, 1, 2]
+    assert run_seeds(3, [2, 1]) == [2, 1]
+    assert "expected distinct seeds" in run_seeds(3, [1, 1])
+    assert "expected distinct seeds" in run_seeds(3, [-1])
+    assert "--seeds 0: expected a count of 1 or more" == run_seeds(0, None)
