@@ -26,7 +26,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.stage_variants import VARIANTS  # noqa: E402
+from bench.stage_variants import VARIANTS, add_arguments, read_arguments, seeded  # noqa: E402
 from distforget.config import RemindConfig, load_config  # noqa: E402
 from distforget.forget import run_forget  # noqa: E402
 from distforget.prepare import Prepared, prepare  # noqa: E402
@@ -68,32 +68,20 @@ def trajectory(prepared: Prepared, cfg: RemindConfig, forgotten: StageOutput, ev
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("config", help="a config file, or - for the embedded default")
-    parser.add_argument("seeds", help="comma-separated seeds, e.g. 11,12")
-    parser.add_argument("variants", nargs="?", default="defaults",
-                        help="';'-separated variants of bench/stage_variants.py (default: defaults)")
+    add_arguments(parser, "defaults")
     parser.add_argument("--every", type=int, default=4, help="epochs between rows (default 4)")
     args = parser.parse_args(argv)
-    try:
-        seeds = [int(s) for s in args.seeds.split(",")]
-    except ValueError:
-        parser.error(f"seeds {args.seeds!r}: expected comma-separated integers, e.g. 11,12")
-    names = args.variants.split(";")
-    unknown = [n for n in names if n not in VARIANTS]
-    if unknown:
-        parser.error(f"variant {unknown[0]!r}: expected one of {'; '.join(VARIANTS)}")
+    config, seeds, names = read_arguments(parser, args)
     if args.every < 1:
         parser.error(f"--every {args.every}: expected 1 or more epochs")
-    config = None if args.config == "-" else args.config
     device = torch.device("cpu")
     torch.set_num_threads(1)
     table = []
     for seed in seeds:
-        seeded = {k: seed for k in ("scenario.seed", "forget.seed", "remind.seed")}
-        prepared = prepare(load_config(config, seeded), device, log=lambda m: None)
+        prepared = prepare(load_config(config, seeded(seed)), device, log=lambda m: None)
         forgotten: dict[str, StageOutput] = {}
         for name in names:
-            cfg = load_config(config, {**seeded, **VARIANTS[name]})
+            cfg = load_config(config, {**seeded(seed), **VARIANTS[name]})
             if cfg.forget not in forgotten:  # variants that share the forget stage share its run
                 forgotten[cfg.forget] = run_forget(prepared, cfg.forget, device=device)
             rows, _ = trajectory(prepared, cfg.remind, forgotten[cfg.forget], args.every, device)

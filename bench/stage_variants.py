@@ -51,8 +51,8 @@ VARIANTS = {
     "remind forget weight 3": {"remind.forget_weight": 3.0},  # the forget term's weight (10)
     "remind forget weight 30": {"remind.forget_weight": 30.0},
     "remind forget weight 100": {"remind.forget_weight": 100.0},
-    "forget lr 3e-4": {"forget.lr": 3e-4},
-    "remind cosine": {"remind.lr_schedule": "cosine"},  # cosine learning rate (constant now)  # a gentler forget stage (1e-3 by default)
+    "forget lr 3e-4": {"forget.lr": 3e-4},  # a gentler forget stage (1e-3 by default)
+    "remind cosine": {"remind.lr_schedule": "cosine"},  # cosine learning rate (constant now)
     "remind all layers": {"remind.layers": "all"},
     "remind all layers lr 3e-4": {"remind.layers": "all", "remind.lr": 3e-4},
     "remind all layers feature kd 10": {"remind.layers": "all", "remind.feature_kd": 10.0},
@@ -63,15 +63,19 @@ VARIANTS = {
 }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_arguments(parser: argparse.ArgumentParser, default_variants: str) -> None:
+    """The config, seeds and variants arguments (shared with bench/remind_trajectory.py)."""
     parser.add_argument("config", help="a config file, or - for the embedded default")
     parser.add_argument("seeds", help="comma-separated seeds, e.g. 11,12")
-    parser.add_argument("variants", nargs="?", default=";".join(VARIANTS),
-                        help=f"';'-separated, of: {'; '.join(VARIANTS)} (default: all)")
-    args = parser.parse_args()
-    config = None if args.config == "-" else args.config
+    parser.add_argument("variants", nargs="?", default=default_variants,
+                        help=f"';'-separated, of: {'; '.join(VARIANTS)} (default: " + (
+                            "all)" if default_variants == ";".join(VARIANTS)
+                            else f"{default_variants})"))
+
+
+def read_arguments(parser: argparse.ArgumentParser,
+                   args: argparse.Namespace) -> tuple[str | None, list[int], list[str]]:
+    """The config path (None: the embedded default), the seeds and the variant names, checked."""
     try:
         seeds = [int(s) for s in args.seeds.split(",")]
     except ValueError:
@@ -80,14 +84,27 @@ def main() -> None:
     unknown = [n for n in names if n not in VARIANTS]
     if unknown:
         parser.error(f"variant {unknown[0]!r}: expected one of {'; '.join(VARIANTS)}")
+    return (None if args.config == "-" else args.config), seeds, names
+
+
+def seeded(seed: int) -> dict[str, int]:
+    """The overrides that move the scenario, forget and remind seeds together."""
+    return {k: seed for k in ("scenario.seed", "forget.seed", "remind.seed")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser, ";".join(VARIANTS))
+    config, seeds, names = read_arguments(parser, parser.parse_args())
     torch.set_num_threads(1)
     rows = []
     for seed in seeds:
-        seeded = {k: seed for k in ("scenario.seed", "forget.seed", "remind.seed")}
-        prepared = prepare(load_config(config, seeded), torch.device("cpu"), log=lambda m: None)
+        prepared = prepare(load_config(config, seeded(seed)), torch.device("cpu"),
+                           log=lambda m: None)
         base = prepared.base_metrics
         for name in names:
-            cfg = load_config(config, {**seeded, **VARIANTS[name]})
+            cfg = load_config(config, {**seeded(seed), **VARIANTS[name]})
             start = time.time()
             (r,) = unlearn(cfg, ["three_stage"], device=torch.device("cpu"), out_dir=None,
                            prepared=prepared, log=lambda m: None)

@@ -33,9 +33,9 @@ from distforget.losses import distillation_loss, forget_loss
 from distforget.prepare import Prepared
 from distforget.synthetic import bn_align_count, bn_aligned_images
 from distforget.training import (Parallel, StageHooks, StageOutput, autocast, batch_scale,
-                                 device_index, embed, global_batches, lr_schedule, maybe_compile, run_epochs,
-                                 set_trainable, sharded_accuracy, snapshotter, train_mode,
-                                 visual_state, wrap_ddp)
+                                 device_index, embed, global_batches, lr_schedule, maybe_compile,
+                                 run_epochs, set_trainable, sharded_accuracy, snapshotter,
+                                 train_mode, visual_state, wrap_ddp)
 
 
 RETAIN, SYNTHETIC, FORGET = 0, 1, 2  # roles of the images a remind step draws from
@@ -127,8 +127,8 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
     module = maybe_compile(wrap_ddp(visual, parallel, device), compile)
     opt = torch.optim.AdamW([p for p in visual.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
-    sched = lr_schedule(opt, cfg.lr_schedule,
-                        cfg.epochs * len(global_batches(len(kd_images), cfg.batch_size, 0, cfg.seed)))
+    steps = cfg.epochs * len(global_batches(len(kd_images), cfg.batch_size, 0, cfg.seed))
+    sched = lr_schedule(opt, cfg.lr_schedule, steps)
     ema = (AveragedModel(visual, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
                          use_buffers=True) if cfg.ema_decay else None)
     labels_t = torch.tensor(kd_labels, device=device).clamp(min=0)
