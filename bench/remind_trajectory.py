@@ -48,11 +48,11 @@ def trajectory(prepared: Prepared, cfg: RemindConfig, forgotten: StageOutput, ev
     """One remind stage from ``forgotten``; a row every ``every`` epochs and at the last."""
     evaluator = prepared.evaluator(device)
     rows: list[dict] = []
+    visual = prepared.model().visual.to(device)  # built once; each row loads its weights
 
     def on_epoch(epoch: int, metrics: dict, snapshot) -> None:
         if (epoch + 1) % every and epoch + 1 != cfg.epochs:
             return
-        visual = prepared.model().visual.to(device)
         visual.load_state_dict(stopped_here(snapshot()))
         visual.eval()
         val, calib = evaluator.metrics(visual), evaluator.calibration(visual)

@@ -19,6 +19,7 @@ only on its few directions that the head's class texts span.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -127,8 +128,8 @@ def run_remind(prepared: Prepared, cfg: RemindConfig, upstream: StageOutput, *,
     module = maybe_compile(wrap_ddp(visual, parallel, device), compile)
     opt = torch.optim.AdamW([p for p in visual.parameters() if p.requires_grad], lr=cfg.lr,
                             weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * len(global_batches(len(kd_images), cfg.batch_size, 0, cfg.seed))
-    sched = lr_schedule(opt, cfg.lr_schedule, steps)
+    sched = lr_schedule(opt, cfg.lr_schedule,
+                        cfg.epochs * math.ceil(len(kd_images) / cfg.batch_size))
     ema = (AveragedModel(visual, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay),
                          use_buffers=True) if cfg.ema_decay else None)
     labels_t = torch.tensor(kd_labels, device=device).clamp(min=0)

@@ -7,10 +7,14 @@ from distforget.config import ForgetConfig, RemindConfig
 from distforget.forget import run_forget
 
 
+@pytest.fixture(scope="module")
+def forgotten(tiny_prepared, cpu):
+    return run_forget(tiny_prepared, ForgetConfig(epochs=1, top_k=2, fisher_samples=4), device=cpu)
+
+
 @pytest.mark.parametrize("ema_decay", [0.5, None])
-def test_the_last_row_is_the_stage_output(tiny_prepared, cpu, ema_decay):
+def test_the_last_row_is_the_stage_output(tiny_prepared, forgotten, cpu, ema_decay):
     p = tiny_prepared
-    forgotten = run_forget(p, ForgetConfig(epochs=1, top_k=2, fisher_samples=4), device=cpu)
     cfg = RemindConfig(epochs=3, lr=5e-3, batch_size=8, bn_align_images=0, ema_decay=ema_decay)
     rows, out = trajectory(p, cfg, forgotten, every=2, device=cpu)
     assert [r["epoch"] for r in rows] == [2, 3]
@@ -23,7 +27,8 @@ def test_the_last_row_is_the_stage_output(tiny_prepared, cpu, ema_decay):
 
 
 @pytest.mark.parametrize("ema_decay", [0.5, None])
-def test_a_snapshot_gives_the_weights_the_stage_returns(tiny_prepared, cpu, ema_decay):
+def test_a_snapshot_gives_the_weights_the_stage_returns(tiny_prepared, forgotten, cpu,
+                                                        ema_decay):
     import torch
 
     from bench.remind_trajectory import stopped_here
@@ -31,12 +36,10 @@ def test_a_snapshot_gives_the_weights_the_stage_returns(tiny_prepared, cpu, ema_
     from distforget.training import StageHooks
 
     p = tiny_prepared
-    forgotten = run_forget(p, ForgetConfig(epochs=1, top_k=2, fisher_samples=4), device=cpu)
     last = {}
     cfg = RemindConfig(epochs=1, lr=5e-3, batch_size=8, bn_align_images=0, ema_decay=ema_decay)
     out = run_remind(p, cfg, forgotten, device=cpu, hooks=StageHooks(
         on_epoch=lambda epoch, metrics, snapshot: last.update(stopped_here(snapshot()))))
     assert set(out.state) == {f"visual.{k}" for k in last}
     assert all(torch.equal(out.state[f"visual.{k}"].float(), v.float()) for k, v in last.items())
-    trained = {k: v for k, v in forgotten.state.items()}
-    assert any(not torch.equal(trained[f"visual.{k}"], v) for k, v in last.items())
+    assert any(not torch.equal(forgotten.state[f"visual.{k}"], v) for k, v in last.items())
