@@ -387,12 +387,22 @@ def comparison(runs: list[dict], names: list[str], args) -> list[str]:
                             recorded_info(Path(args.compare), twin))
             diff.update(config_difference(ours.get("config", {}), theirs.get("config", {})))
             diff.update(space_difference(ours.get("space_text"), theirs.get("space_text")))
-    change = (", ".join(f"`{k}` {a} (before: {b})" for k, a, b in
-                        ((k, *v) for k, v in sorted(diff.items())))
-              or "no stage or search key and no search-space entry")
     return ["", f"Now beside before: the runs under `{args.compare}` of the same scenarios and "
-                f"seeds (only those this suite has; they differ in {change}):", "",
+                f"seeds (only those this suite has; {difference_text(diff)}):", "",
             markdown(comparison_rows(runs, earlier))]
+
+
+def difference_text(diff: dict[str, tuple[Any, Any]]) -> str:
+    """How two sets of runs differ, in words: keys both hold at different values, then keys
+    the earlier runs predate (a key added since is not by itself a change of behaviour, so it
+    is named apart, with the value the runs now hold)."""
+    changed = [f"`{k}` {a} (before: {b})" for k, (a, b) in sorted(diff.items()) if b != ABSENT]
+    added = [f"`{k}` {a}" for k, (a, b) in sorted(diff.items()) if b == ABSENT]
+    text = ("they differ in " + ", ".join(changed) if changed else
+            "they differ in no stage or search key and no search-space entry")
+    if added:
+        text += "; the earlier runs predate " + ", ".join(added)
+    return text
 
 
 def main(argv: list[str] | None = None) -> int:

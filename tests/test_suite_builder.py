@@ -3,8 +3,9 @@
 import pytest
 
 from bench.suite import (BEGIN, END, SCENARIOS, chosen_metrics, clip_rows, comparison_rows,
-                         config_difference, earlier_runs, meets_target, recorded_minutes,
-                         scenario_rows, seed_rows, space_difference, value, write_section)
+                         config_difference, difference_text, earlier_runs, meets_target,
+                         recorded_minutes, scenario_rows, seed_rows, space_difference, value,
+                         write_section)
 from distforget.config import read_yaml
 
 BASE = {"base_forget_acc": 0.9, "base_retain_acc": 0.8, "base_zeroshot_acc": 0.9}
@@ -130,6 +131,17 @@ def test_the_space_difference_names_changed_space_entries_but_not_comments():
     # A block one space has and the other has not is said to be absent there.
     assert space_difference(before + "fixed:\n  restore.choose: fixed\n", before) == {
         "space.fixed.restore.choose": ("fixed", "absent")}
+
+
+def test_keys_the_earlier_runs_predate_are_named_apart_from_changed_ones():
+    diff = {"remind.epochs": (32, 16), "remind.lr_schedule": ("constant", "absent")}
+    assert difference_text(diff) == ("they differ in `remind.epochs` 32 (before: 16); the "
+                                     "earlier runs predate `remind.lr_schedule` constant")
+    assert difference_text({"remind.lr_schedule": ("constant", "absent")}) == (
+        "they differ in no stage or search key and no search-space entry; the earlier runs "
+        "predate `remind.lr_schedule` constant")
+    assert difference_text({}) == ("they differ in no stage or search key and no search-space "
+                                   "entry")
 
 
 def test_the_comparison_sets_each_scenario_beside_its_earlier_runs(tmp_path):
