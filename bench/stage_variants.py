@@ -48,9 +48,11 @@ VARIANTS = {
     "feature kd 100": {"remind.feature_kd": 100.0},
     "synthetic 0": {"remind.bn_align_images": 0},  # no BN-aligned images in the distillation set
     "synthetic 1024": {"remind.bn_align_images": 1024},  # four times the default 256
-    "remind forget weight 3": {"remind.forget_weight": 3.0},  # the forget term's weight (10)
+    "remind forget weight 3": {"remind.forget_weight": 3.0},  # the forget term's weight (100)
+    "remind forget weight 10": {"remind.forget_weight": 10.0},  # the default before it was 100
     "remind forget weight 30": {"remind.forget_weight": 30.0},
-    "remind forget weight 100": {"remind.forget_weight": 100.0},
+    "remind forget weight 100": {"remind.forget_weight": 100.0},  # the default now
+    "remind forget margin": {"remind.forget_loss": "margin"},  # the term's loss (distill)
     "forget lr 3e-4": {"forget.lr": 3e-4},  # a gentler forget stage (1e-3 by default)
     "remind cosine": {"remind.lr_schedule": "cosine"},  # cosine learning rate (constant now)
     "remind all layers": {"remind.layers": "all"},

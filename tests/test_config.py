@@ -77,8 +77,9 @@ def test_replace_returns_a_new_validated_config():
 
 
 def test_shipped_configs_load():
-    paths = sorted((ROOT / "configs").glob("*.yaml"))
+    paths = sorted((ROOT / "configs").rglob("*.yaml"))  # suite/, dev/ and presets/ too
     assert paths, "configs/ should hold ready-made run configs"
+    assert {p.parent.name for p in paths} >= {"configs", "suite", "dev", "presets"}
     for path in paths:
         load_config(path)
 
