@@ -3,9 +3,12 @@
 Scenarios (``configs/suite/*.yaml``; each sets only data, scenario, model, pretrain and output
 keys, so the stage knobs and the search space are the package defaults): the embedded shapes;
 CIFAR-10 as a class hierarchy (forget animal/dog); a CIFAR-10 k-means subgroup (airplane k0);
-the whole CIFAR-10 cat class; style subgroups (sketches of airplanes). Each runs as a separate
-``python -m distforget.search --config ... scenario.seed=S search.seed=S <stage>.seed=S
-output.storage=... output.name=<scenario>-s<S>`` process (the default budget unless
+the whole CIFAR-10 cat class; style subgroups (sketches of airplanes). Check scenarios
+(``configs/check/*.yaml``, named in ``--scenarios``; not in the default suite) are labelled
+style subgroups drawn at random after the defaults were fixed (each config says how), and never
+used to choose anything: they say whether the defaults carry to data nobody tuned on. Each
+runs as a separate ``python -m distforget.search --config ... scenario.seed=S search.seed=S
+<stage>.seed=S output.storage=... output.name=<scenario>-s<S>`` process (the default budget unless
 ``--num-trials``), and, where the base model is distforget's own, ``python -m
 distforget.unlearn --method retrain`` with the same overrides for the retrain reference.
 
@@ -23,6 +26,7 @@ without that flag (the search is kept).
     python bench/suite.py --smoke        # embedded only, 2 trials, 1 seed, no baselines
     python bench/suite.py --scenarios embedded,cifar10-hierarchy --seeds 1
     python bench/suite.py --no-run       # the tables from the finished runs only
+    python bench/suite.py --scenarios check-automobile-cartoon,check-deer-grayscale --no-retrain
     python bench/suite.py --scenarios cifar10-cat --seed 1 --seed 2 --no-retrain  # beside a call
         # on --seed 0 with the same --storage: two streams on two cores; a last call without
         # --no-retrain adds the retrain reference to seeds 1 and 2
@@ -49,6 +53,10 @@ sys.path.insert(0, str(ROOT))
 
 from distforget.report import markdown_table  # noqa: E402
 
+STYLES = ("data/cifar10-styles.parquet",
+          ["-m", "distforget.data.styles", "--input", "../shared/data/cifar10",
+           "--out", "data/cifar10-styles.parquet", "--styles",
+           "photo,sketch,cartoon,grayscale,painting", "--per-class", "500", "--seed", "0"])
 SCENARIOS = {  # name -> (title, manifest the config reads, command that builds it)
     "embedded": ("embedded: red circles", None, None),
     "cifar10-hierarchy": ("CIFAR-10 hierarchy: animal/dog", "data/cifar10-hierarchy.parquet",
@@ -56,12 +64,15 @@ SCENARIOS = {  # name -> (title, manifest the config reads, command that builds 
                            "--out", "data/cifar10-hierarchy.parquet"]),
     "cifar10-kmeans": ("CIFAR-10: airplane k-means k0", None, None),
     "cifar10-cat": ("CIFAR-10: the whole cat class", None, None),
-    "cifar10-styles": ("CIFAR-10 styles: airplane sketches", "data/cifar10-styles.parquet",
-                       ["-m", "distforget.data.styles", "--input", "../shared/data/cifar10",
-                        "--out", "data/cifar10-styles.parquet", "--styles",
-                        "photo,sketch,cartoon,grayscale,painting", "--per-class", "500",
-                        "--seed", "0"]),
+    "cifar10-styles": ("CIFAR-10 styles: airplane sketches", *STYLES),
 }
+# Check scenarios (configs/check/): drawn at random after the defaults were fixed and never used
+# to choose them; run only when named in --scenarios.
+CHECKS = {
+    "check-automobile-cartoon": ("check: automobile cartoons", *STYLES),
+    "check-deer-grayscale": ("check: deer grayscale", *STYLES),
+}
+KNOWN = {**SCENARIOS, **CHECKS}
 ACCURACIES = ("forget_acc", "retain_acc", "zeroshot_acc")
 TARGET = {"forget_acc": 0.05, "retain_acc": 0.90, "zeroshot_acc": 0.95}  # absolute, x base, x base
 SEED_KEYS = ("scenario.seed", "search.seed", "forget.seed", "remind.seed", "baseline.seed")
@@ -69,6 +80,11 @@ BEGIN, END = "<!-- suite:begin -->", "<!-- suite:end -->"
 
 
 # --- reading a finished run (pure functions, tested) -------------------------------------------
+
+def config_path(name: str) -> Path:
+    """A scenario's config: configs/suite/ for the suite, configs/check/ for a check scenario."""
+    return ROOT / "configs" / ("check" if name in CHECKS else "suite") / f"{name}.yaml"
+
 
 def run_dir(storage: Path, name: str, seed: int) -> Path:
     """Where the suite puts one scenario's run at one seed."""
@@ -149,14 +165,15 @@ def scenario_rows(runs: list[dict]) -> pd.DataFrame:
     for name in dict.fromkeys(r["scenario"] for r in runs):
         mine = [r for r in runs if r["scenario"] == name]
         done = [r for r in mine if r.get("metrics")]
-        row: dict[str, Any] = {"scenario": SCENARIOS.get(name, (name,))[0], "seeds": len(mine)}
+        row: dict[str, Any] = {"scenario": KNOWN.get(name, (name,))[0], "seeds": len(mine)}
         for k in ACCURACIES:
             vals = [value(r["metrics"], k)[0] for r in done]
             row[k] = (f"{sum(vals) / len(vals):.3f} ({min(vals):.3f}-{max(vals):.3f})"
                       if vals else "-")
-        base = done[0]["metrics"] if done else {}
-        row["base F / R / Z"] = (" / ".join(f"{value(base, f'base_{k}')[0]:.3f}"
-                                            for k in ACCURACIES) if base else "-")
+        # The base model's values, mean over seeds (each seed splits its held-out images anew).
+        row["base F / R / Z"] = (" / ".join(
+            f"{sum(value(r['metrics'], f'base_{k}')[0] for r in done) / len(done):.3f}"
+            for k in ACCURACIES) if done else "-")
         met = sum(meets_target(r["metrics"]) for r in done)
         row["target met"] = f"{met}/{len(mine)}" + (" (every seed)" if met == len(mine) else "")
         gaps = [g for g in (gap(r["metrics"], r.get("retrain")) for r in done) if g is not None]
@@ -215,7 +232,7 @@ def comparison_rows(runs: list[dict], earlier: list[dict]) -> pd.DataFrame:
     for name in dict.fromkeys(r["scenario"] for r in runs):
         pairs = {"now": [r for r in runs if r["scenario"] == name and r.get("metrics")],
                  "before": [r for r in earlier if r["scenario"] == name and r.get("metrics")]}
-        row: dict[str, Any] = {"scenario": SCENARIOS.get(name, (name,))[0]}
+        row: dict[str, Any] = {"scenario": KNOWN.get(name, (name,))[0]}
         for when, done in pairs.items():
             row[f"F / R / Z {when}"] = (" / ".join(
                 f"{sum(value(r['metrics'], k)[0] for r in done) / len(done):.3f}"
@@ -318,7 +335,7 @@ def run_one(name: str, seed: int, args) -> dict:
         overrides.append(f"search.num_trials={args.num_trials}")
     if args.no_baselines:
         overrides.append("search.baselines=[]")
-    config = str(ROOT / "configs" / "suite" / f"{name}.yaml")
+    config = str(config_path(name))
     log.parent.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"scenario": name, "seed": seed, "config": config,
                               "overrides": overrides, "status": "ok"}
@@ -363,7 +380,7 @@ def add_retrain(result: dict[str, Any], folder: Path, log: Path) -> None:
 
 
 def ensure_data(name: str) -> None:
-    _, manifest, command = SCENARIOS[name]
+    _, manifest, command = KNOWN[name]
     if manifest is None or (ROOT / manifest).is_file():
         return
     print(f"building {manifest}: python {' '.join(command)}", flush=True)
@@ -408,7 +425,8 @@ def difference_text(diff: dict[str, tuple[Any, Any]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenarios", default=",".join(SCENARIOS),
-                        help=f"comma-separated, of {', '.join(SCENARIOS)} (default: all)")
+                        help=f"comma-separated, of {', '.join(SCENARIOS)} (default: all), or "
+                             f"the check scenarios {', '.join(CHECKS)}")
     parser.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 (default 3)")
     parser.add_argument("--seed", type=int, action="append", metavar="S",
                         help="this seed instead of 0..N-1 (repeatable: --seed 1 --seed 2; two "
@@ -440,9 +458,9 @@ def main(argv: list[str] | None = None) -> int:
         args.scenarios, args.seeds, args.num_trials, args.no_baselines = "embedded", 1, 2, True
         args.seed = None
     names = [n.strip() for n in args.scenarios.split(",") if n.strip()]
-    unknown = [n for n in names if n not in SCENARIOS]
+    unknown = [n for n in names if n not in KNOWN]
     if unknown:
-        parser.error(f"--scenarios: {unknown[0]!r} is not one of {', '.join(SCENARIOS)}")
+        parser.error(f"--scenarios: {unknown[0]!r} is not one of {', '.join(KNOWN)}")
     seeds = run_seeds(args.seeds, args.seed)
     if isinstance(seeds, str):
         parser.error(seeds)

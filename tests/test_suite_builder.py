@@ -2,10 +2,10 @@
 
 import pytest
 
-from bench.suite import (BEGIN, END, SCENARIOS, chosen_metrics, clip_rows, comparison_rows,
-                         config_difference, difference_text, earlier_runs, meets_target,
-                         recorded_minutes, scenario_rows, seed_rows, space_difference, value,
-                         write_section)
+from bench.suite import (BEGIN, CHECKS, END, SCENARIOS, chosen_metrics, clip_rows,
+                         comparison_rows, config_difference, config_path, difference_text,
+                         earlier_runs, meets_target, recorded_minutes, scenario_rows, seed_rows,
+                         space_difference, value, write_section)
 from distforget.config import read_yaml
 
 BASE = {"base_forget_acc": 0.9, "base_retain_acc": 0.8, "base_zeroshot_acc": 0.9}
@@ -17,12 +17,14 @@ def run(seed, f, r, z, retrain=None, **extra):
             **({"retrain": retrain} if retrain else {})}
 
 
-def test_suite_configs_set_only_the_allowed_sections():
+@pytest.mark.parametrize("folder, names", [("suite", SCENARIOS), ("check", CHECKS)])
+def test_suite_and_check_configs_set_only_the_allowed_sections(folder, names):
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[1] / "configs" / "suite"
-    assert {p.stem for p in root.glob("*.yaml")} == set(SCENARIOS)
+    root = Path(__file__).resolve().parents[1] / "configs" / folder
+    assert {p.stem for p in root.glob("*.yaml")} == set(names)
     for path in root.glob("*.yaml"):
+        assert config_path(path.stem) == path
         assert set(read_yaml(path)) <= {"data", "scenario", "model", "pretrain", "output"}, path
 
 
@@ -73,6 +75,14 @@ def test_tables_over_seeds():
     assert row["target met"] == "1/3" and row["seeds"] == 3
     assert row["forget_acc"] == "0.150 (0.000-0.300)"
     assert row["gap to retrain"] == "0.050" and row["wall per seed"] == "0.8 min"
+    assert row["base F / R / Z"] == "0.900 / 0.800 / 0.900"
+
+
+def test_the_scenario_row_gives_the_base_models_mean_over_seeds():
+    other = run(1, 0.0, 0.8, 0.9)
+    other["metrics"].update(base_forget_acc=0.7, base_retain_acc=0.6, base_zeroshot_acc=0.8)
+    (row,) = scenario_rows([run(0, 0.0, 0.8, 0.9), other]).to_dict("records")
+    assert row["base F / R / Z"] == "0.800 / 0.700 / 0.850"
 
 
 def test_the_section_is_replaced_in_place(tmp_path):
