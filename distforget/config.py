@@ -117,6 +117,11 @@ class ScenarioConfig:
     retain_synset: str | None = None
     # Classes measured by zeroshot_acc; empty means every class not trained on in any stage.
     zeroshot_classes: tuple[str, ...] = ()
+    # An image of the forget subgroup whose content is also labelled as a retained image (the
+    # same picture under two labels, which real data sets hold): "forget" leaves every such
+    # retained copy out of the retain sets and the retrain reference's training images (the
+    # picture is forgotten, never kept; the log says how many), "error" refuses the scenario.
+    shared_images: Literal["forget", "error"] = "forget"
     max_forget: int = knob(512, ge=1)
     max_retain: int = knob(2048, ge=1)
     max_eval: int = knob(1000, ge=1)

@@ -139,6 +139,10 @@ def prepare(cfg: RunConfig, device: torch.device, *, cache_dir: Path | None = No
                               precision=cfg.model.precision).cpu().numpy()
 
     scenario = early if early is not None else build_scenario(data, cfg.scenario, embed=embed)
+    if scenario.shared_with_forget:
+        log(f"scenario: {scenario.shared_with_forget} images labelled as retained share their "
+            "content with forget images; left out of the retain sets (scenario.shared_images: "
+            "forget)")
     images, scenario = _compact(data.images, scenario)
     logit_scale = float(model.logit_scale.exp().item())
 
@@ -162,7 +166,8 @@ def prepare(cfg: RunConfig, device: torch.device, *, cache_dir: Path | None = No
         "head": hashlib.sha256(head_np.tobytes()).hexdigest(),
         "scenario": scenario.fingerprint}, sort_keys=True).encode()).hexdigest()
     info = {"templates": len(templates), "weights": spec.weights, "pretrain": pretrain_info,
-            "splits": scenario.summary(), "subgroup_rule": scenario.subgroup_rule,
+            "splits": scenario.summary(), "shared_with_forget": scenario.shared_with_forget,
+            "subgroup_rule": scenario.subgroup_rule,
             "subgroups": list(scenario.subgroups), "zeroshot_classes":
             list(scenario.zeroshot_classes), "prepare_s": time.perf_counter() - start}
     return Prepared(spec=spec, base_state=base_state, classes=data.classes, head=head_np,

@@ -182,8 +182,8 @@ CASES = {
         ["the forget set is empty or too small: 0 training images",
          "subgroup 'sky' of class 'airplane'", "at least 2 are needed"]),
     "forget and retain sets overlap": (
-        "unlearn", lambda tmp, f: manifest_args(write_manifest(tmp / "m",
-                                                                same_image_in_two_subgroups(f))),
+        "unlearn", lambda tmp, f: [*manifest_args(write_manifest(
+            tmp / "m", same_image_in_two_subgroups(f))), "scenario.shared_images=error"],
         ["the forget and retain sets overlap: 1 images appear in both (same content)",
          "cifar.parquet:train/airplane/"]),
     "corrupt image": (

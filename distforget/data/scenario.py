@@ -69,6 +69,9 @@ class Scenario:
     subgroup_rule: str
     subgroups: tuple[str, ...]  # the forget class's subgroups
     splits: Mapping[str, Split]
+    # Retained-labelled images left out because their content is a forget image's
+    # (scenario.shared_images: forget).
+    shared_with_forget: int = 0
 
     @property
     def forget_label(self) -> int:
@@ -275,7 +278,25 @@ def forget_mask(data: ImageTable, cfg: ScenarioConfig,
     train_pool, _ = _pools(data, cfg)
     subgroup, _ = assign_subgroups(data, cfg, train_pool, embed)
     is_class = (data.table["class_name"] == cfg.forget_class).to_numpy()
-    return is_class if cfg.forget_subgroup is None else is_class & (subgroup == cfg.forget_subgroup)
+    mask = is_class if cfg.forget_subgroup is None else is_class & (subgroup == cfg.forget_subgroup)
+    # Copies of a forget image under another label are forgotten too (scenario.shared_images).
+    shas = data.table["sha"].to_numpy()
+    return np.isin(shas, shas[mask])
+
+
+def _shared_content(table, forget_mask: np.ndarray, retain_mask: np.ndarray,
+                    cfg: ScenarioConfig) -> np.ndarray:
+    """The retain-side images whose content is also a forget image's; refused under
+    ``shared_images: error``."""
+    shas = table["sha"].to_numpy()
+    shared = retain_mask & np.isin(shas, shas[forget_mask])
+    if shared.any() and cfg.shared_images == "error":
+        count = len(set(shas[shared]))
+        example = table["source"].to_numpy()[forget_mask & np.isin(shas, shas[shared])][0]
+        raise DataError(f"the forget and retain sets overlap: {count} images appear in both "
+                        f"(same content), e.g. {example}; scenario.shared_images: forget leaves "
+                        "their retained copies out instead")
+    return shared
 
 
 def build_scenario(data: ImageTable, cfg: ScenarioConfig,
@@ -308,6 +329,8 @@ def build_scenario(data: ImageTable, cfg: ScenarioConfig,
         forget_mask = is_class & (subgroup == cfg.forget_subgroup)
         retain_mask = ((is_class & (subgroup != cfg.forget_subgroup))
                        | table["class_name"].isin(retain_classes).to_numpy())
+    shared = _shared_content(table, forget_mask, retain_mask, cfg)
+    retain_mask = retain_mask & ~shared
 
     trained = {cfg.forget_class, *retain_classes}
     if cfg.zeroshot_classes:
@@ -339,16 +362,6 @@ def build_scenario(data: ImageTable, cfg: ScenarioConfig,
             for name, mask in (("forget", forget_mask), ("retain", retain_mask),
                                ("zeroshot", zeroshot_mask))}
 
-    forget_rows = np.concatenate([forget_train, calib_forget, *held["forget"]])
-    retain_rows = np.concatenate([retain_train, calib_retain, *held["retain"]])
-    shas = table["sha"].to_numpy()
-    overlap = set(shas[forget_rows]) & set(shas[retain_rows])
-    if overlap:
-        example = table["source"].to_numpy()[forget_rows][np.isin(shas[forget_rows],
-                                                                  list(overlap))][0]
-        raise DataError(f"the forget and retain sets overlap: {len(overlap)} images appear in "
-                        f"both (same content), e.g. {example}")
-
     rows = {"forget_train": forget_train, "retain_train": retain_train,
             "calib_forget": calib_forget, "calib_retain": calib_retain,
             **{f"val_{name}": val for name, (val, _) in held.items()},
@@ -356,4 +369,5 @@ def build_scenario(data: ImageTable, cfg: ScenarioConfig,
     return Scenario(
         classes=classes, forget_class=cfg.forget_class, forget_subgroup=cfg.forget_subgroup,
         retain_classes=retain_classes, zeroshot_classes=zeroshot, subgroup_rule=rule,
-        subgroups=subgroups, splits={k: _split(table, v, classes, k) for k, v in rows.items()})
+        subgroups=subgroups, splits={k: _split(table, v, classes, k) for k, v in rows.items()},
+        shared_with_forget=int(shared.sum()))

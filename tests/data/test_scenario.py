@@ -87,21 +87,39 @@ def test_bad_scenarios_are_refused(shapes, cfg, message):
     assert message in str(err.value)
 
 
-def test_empty_forget_set_and_overlap_are_refused(shapes):
+def test_an_empty_forget_set_is_refused(shapes):
     table = shapes.table.copy()
     table.loc[(table["subgroup"] == "red") & (table["split"] == "train"), "subgroup"] = "pink"
     with pytest.raises(DataError, match="forget set is empty or too small: 0 training images"):
         build_scenario(ImageTable(shapes.images, table), ScenarioConfig(forget_subgroup="red"))
 
-    # The same image under two subgroups: forget and retain would share content.
+
+def test_a_forget_image_labelled_as_retained_too_is_forgotten_or_refused(shapes):
+    # The same picture under two subgroups (red and green circle): by default its retained
+    # copy leaves the retain sets, and the retrain reference's forget mask holds both copies.
+    from distforget.data.scenario import forget_mask
+
     images = np.asarray(shapes.images).copy()
     t = shapes.table
     red = np.flatnonzero(((t["subgroup"] == "red") & (t["class_name"] == "circle")).to_numpy())
     green = np.flatnonzero(((t["subgroup"] == "green") & (t["class_name"] == "circle")).to_numpy())
-    images[green[0]] = images[red[0]]
+    copies = (green[0], green[-1])  # a training and a held-out green image
+    images[list(copies)] = images[[red[0], red[-1]]]
     dup = from_arrays(images, t.drop(columns=["sha"]))
-    with pytest.raises(DataError, match="forget and retain sets overlap: 1 images"):
-        build_scenario(dup, ScenarioConfig())
+    plain, sc = build_scenario(shapes, ScenarioConfig()), build_scenario(dup, ScenarioConfig())
+    assert sc.shared_with_forget == 2 and plain.shared_with_forget == 0
+    retained = np.concatenate([sc.splits[k].indices for k in SPLITS if "retain" in k])
+    assert not np.isin(list(copies), retained).any()
+    forgotten = np.concatenate([sc.splits[k].indices for k in SPLITS if "forget" in k])
+    assert np.isin([red[0], red[-1]], forgotten).all()
+    assert sum(len(sc.splits[k]) for k in SPLITS if "retain" in k) == \
+        sum(len(plain.splits[k]) for k in SPLITS if "retain" in k) - 2
+    mask = forget_mask(dup, ScenarioConfig())
+    assert mask[list(copies)].all() and mask.sum() == forget_mask(shapes, ScenarioConfig()).sum() + 2
+
+    with pytest.raises(DataError, match="forget and retain sets overlap: 2 images .*"
+                                        "shared_images: forget leaves"):
+        build_scenario(dup, ScenarioConfig(shared_images="error"))
 
 
 def test_data_without_splits_is_held_out_by_content_hash(shapes):
