@@ -280,7 +280,12 @@ def forget_mask(data: ImageTable, cfg: ScenarioConfig,
     is_class = (data.table["class_name"] == cfg.forget_class).to_numpy()
     mask = is_class if cfg.forget_subgroup is None else is_class & (subgroup == cfg.forget_subgroup)
     # Copies of a forget image under another label are forgotten too (scenario.shared_images).
-    shas = data.table["sha"].to_numpy()
+    return _same_content(data.table, mask)
+
+
+def _same_content(table, mask: np.ndarray) -> np.ndarray:
+    """Every row whose content (``sha``) is that of a row in ``mask``."""
+    shas = table["sha"].to_numpy()
     return np.isin(shas, shas[mask])
 
 
@@ -288,11 +293,10 @@ def _shared_content(table, forget_mask: np.ndarray, retain_mask: np.ndarray,
                     cfg: ScenarioConfig) -> np.ndarray:
     """The retain-side images whose content is also a forget image's; refused under
     ``shared_images: error``."""
-    shas = table["sha"].to_numpy()
-    shared = retain_mask & np.isin(shas, shas[forget_mask])
+    shared = retain_mask & _same_content(table, forget_mask)
     if shared.any() and cfg.shared_images == "error":
-        count = len(set(shas[shared]))
-        example = table["source"].to_numpy()[forget_mask & np.isin(shas, shas[shared])][0]
+        count = len(set(table["sha"].to_numpy()[shared]))
+        example = table["source"].to_numpy()[forget_mask & _same_content(table, shared)][0]
         raise DataError(f"the forget and retain sets overlap: {count} images appear in both "
                         f"(same content), e.g. {example}; scenario.shared_images: forget leaves "
                         "their retained copies out instead")
