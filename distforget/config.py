@@ -250,7 +250,9 @@ class SearchConfig:
 
     # A file path, or the name of a space shipped in search_spaces/ ("embedded", "cifar10", ...).
     space: str = "embedded"
-    num_trials: int = knob(8, ge=1)
+    # 16: the budget at which the scenario suite checks the stage defaults and the default
+    # space (bench/suite.py, bench/RESULTS.md section 7).
+    num_trials: int = knob(16, ge=1)
     sampler: Literal["tpe", "nsga2", "gp", "random"] = "tpe"
     seed: int = 0
     # Constraints on validation metrics that a good point meets, absolute or relative to the
@@ -356,6 +358,34 @@ class RunConfig:
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+
+# The learning rates and the search space that the defaults set for the small CLIP distforget
+# pretrains from scratch (model.pretrained: embedded); see small_clip_settings_note.
+SMALL_CLIP_SETTINGS = ("search.space", "forget.lr", "remind.lr", "baseline.lr")
+
+
+def small_clip_settings_note(cfg: RunConfig) -> str | None:
+    """A line for the run's log when the model is not one of distforget's small CLIPs (its own
+    architectures, ``model_configs/DF-*.json``) but the learning rates or the search space are
+    still the defaults chosen for them; else None."""
+    if cfg.model.pretrained == "embedded" or cfg.model.name.startswith("DF-"):
+        return None
+    left = [key for key in SMALL_CLIP_SETTINGS if _knob(cfg, key) == _knob(RunConfig(), key)]
+    if not left:
+        return None
+    return (f"note: model.pretrained is {cfg.model.pretrained!r}, but "
+            + ", ".join(f"{key} {_knob(cfg, key)!r}" for key in left)
+            + (" is the default" if len(left) == 1 else " are the defaults")
+            + " chosen for the small CLIP "
+            "distforget pretrains from scratch (model.pretrained: embedded); for pretrained "
+            "open_clip weights start from the stage settings and search space of "
+            "configs/cifar10-vit-b-32.yaml (search.space=vit-b-32, learning rates near 1e-5)")
+
+
+def _knob(cfg: RunConfig, key: str) -> Any:
+    section, name = key.split(".")
+    return getattr(getattr(cfg, section), name)
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from distforget.cli import (add_common_arguments, command_parser, config_from_args, pick_device,
                             run_cli)
-from distforget.config import BASELINES, METHODS, RunConfig, replace
+from distforget.config import BASELINES, METHODS, RunConfig, replace, small_clip_settings_note
 from distforget.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -74,6 +74,9 @@ def unlearn(cfg: RunConfig, methods: list[str], *, device: torch.device, out_dir
     prepared = prepared if prepared is not None else prepare(cfg, device, log=log)
     log(f"scenario: forget {cfg.scenario.forget_class}/{cfg.scenario.forget_subgroup}; "
         f"splits {prepared.info['splits']}")
+    note = small_clip_settings_note(cfg)
+    if note:
+        log(note)
     cache = StageCache()
     evaluate = local_evaluator(prepared, cache, device, cfg.model.precision)
     base_test, = evaluate([Recipe("base")], "test")

@@ -2,7 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from distforget.config import RunConfig, from_dict, load_config, parse_overrides, replace
+from distforget.config import (RunConfig, from_dict, load_config, parse_overrides, replace,
+                               small_clip_settings_note)
 from distforget.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,3 +92,21 @@ def test_the_embedded_config_file_is_the_default():
 def test_an_unknown_baseline_is_refused_when_the_config_is_built():
     with pytest.raises(ConfigError, match=r"search.baselines\[1\].*'sallun'.*'salun'"):
         load_config(None, {"search.baselines": ["ft", "sallun"]})
+
+
+def test_open_clip_weights_with_the_small_clips_learning_rates_get_a_note():
+    assert small_clip_settings_note(RunConfig()) is None  # the small CLIP: its own defaults
+    own_file = load_config(None, {"model.pretrained": "exported/model.safetensors"})
+    assert small_clip_settings_note(own_file) is None  # a small CLIP's weights from a file
+    note = small_clip_settings_note(load_config(None, {"model.name": "ViT-B-32",
+                                                       "model.pretrained": "openai",
+                                                       "forget.lr": 1e-5}))
+    assert note is not None and "'openai'" in note
+    assert "search.space 'embedded'" in note and "remind.lr 0.0001" in note
+    assert "forget.lr" not in note  # set by the user, so not named
+    assert "configs/cifar10-vit-b-32.yaml" in note
+    # The shipped configs for open_clip weights set every one of those settings.
+    for name in ("cifar10-vit-b-32", "imagenet-vit-b-32", "imagenet-rn50"):
+        cfg = load_config(ROOT / "configs" / f"{name}.yaml")
+        assert cfg.model.pretrained == "openai"
+        assert small_clip_settings_note(cfg) is None, name

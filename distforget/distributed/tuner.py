@@ -24,7 +24,7 @@ from ray.tune import Callback
 from ray.tune.progress_reporter import ProgressReporter
 from ray.tune.experiment import Trial
 
-from distforget.config import RunConfig
+from distforget.config import RunConfig, small_clip_settings_note
 from distforget.distributed.cluster import (check_storage, connect, driver_works,
                                             max_concurrent, trial_resources)
 from distforget.distributed.tracking import check_trackers, tune_callbacks
@@ -258,6 +258,9 @@ def _search(driver: Driver, space: SearchSpace, space_text: str, identity: str,
     cfg, folder, log = driver.cfg, driver.folder, driver.log
     log(f"distforget search {cfg.output.name}: {cfg.search.num_trials} trials "
         f"({cfg.search.sampler}), space {space.source}, run folder {folder.root}")
+    note = small_clip_settings_note(cfg)
+    if note:
+        log(note)
     # On one node with room for a worker, the one-off work runs in this process (no task).
     here = driver_works(cfg.resources)
     prepared_ref, prepared = prepare_on_cluster(cfg, here)
