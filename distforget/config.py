@@ -371,7 +371,8 @@ def small_clip_settings_note(cfg: RunConfig) -> str | None:
     still the defaults chosen for them; else None."""
     if cfg.model.pretrained == "embedded" or cfg.model.name.startswith("DF-"):
         return None
-    left = [key for key in SMALL_CLIP_SETTINGS if _knob(cfg, key) == _knob(RunConfig(), key)]
+    default = RunConfig()
+    left = [key for key in SMALL_CLIP_SETTINGS if _knob(cfg, key) == _knob(default, key)]
     if not left:
         return None
     return (f"note: model.pretrained is {cfg.model.pretrained!r}, but "

@@ -71,12 +71,12 @@ def unlearn(cfg: RunConfig, methods: list[str], *, device: torch.device, out_dir
     from distforget.trial import (Recipe, StageCache, local_evaluator, local_launcher,
                                   recipe_state, run_trial)
 
+    note = small_clip_settings_note(cfg)
+    if note:  # before prepare, which may load or pretrain a model for minutes
+        log(note)
     prepared = prepared if prepared is not None else prepare(cfg, device, log=log)
     log(f"scenario: forget {cfg.scenario.forget_class}/{cfg.scenario.forget_subgroup}; "
         f"splits {prepared.info['splits']}")
-    note = small_clip_settings_note(cfg)
-    if note:
-        log(note)
     cache = StageCache()
     evaluate = local_evaluator(prepared, cache, device, cfg.model.precision)
     base_test, = evaluate([Recipe("base")], "test")
