@@ -93,3 +93,5 @@ def test_pretraining_prints_images_per_second(cpu):
                   batch_size=32), templates=GENERATED_TEMPLATES, device=cpu, log=lines.append)
     assert len(lines) == 2
     assert re.search(r"epoch 2/2: loss [0-9.]+, [0-9]+ images/s, [0-9]+s elapsed", lines[1])
+    n = torch.get_num_threads()
+    assert lines[1].endswith(f"({n} thread{'s' if n > 1 else ''})"), lines[1]
