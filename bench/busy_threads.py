@@ -24,6 +24,7 @@ import os
 import re
 import sys
 from datetime import date
+from statistics import mean
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,10 +101,8 @@ def main() -> None:
              "| --- | --- | --- | --- |"]
     for busy, threads in cells:
         v = seen[busy, threads]
-        mean = sum(v) / len(v)
-        one = sum(seen[busy, 1]) / len(seen[busy, 1])
-        lines.append(f"| {busy} | {threads} | {mean:.0f} ({min(v):.0f}-{max(v):.0f}) | "
-                     f"{mean / one:.2f} |")
+        lines.append(f"| {busy} | {threads} | {mean(v):.0f} ({min(v):.0f}-{max(v):.0f}) | "
+                     f"{mean(v) / mean(seen[busy, 1]):.2f} |")
     omp = os.environ.get("OMP_NUM_THREADS", "unset")
     body = (f"`python bench/busy_threads.py` ({date.today().isoformat()}; {machine()}; "
             f"{cpus} CPUs for this process; OMP_NUM_THREADS={omp}): pretraining the embedded "

@@ -145,10 +145,11 @@ def pretrain_clip(data: ImageTable, rows: np.ndarray, *, name: str, cfg: Pretrai
             step += 1
         elapsed = time.perf_counter() - start
         seen = step * cfg.batch_size
+        threads = torch.get_num_threads()
         log(f"pretrain epoch {epoch + 1}/{cfg.epochs}: loss {loss.item():.3f}, "
             f"{seen / elapsed:.0f} images/s, {elapsed:.0f}s elapsed, about "
             f"{elapsed / (epoch + 1) * (cfg.epochs - epoch - 1):.0f}s left "
-            f"({(n := torch.get_num_threads())} thread{'s' if n > 1 else ''})")
+            f"({threads} thread{'s' if threads > 1 else ''})")
     return model.eval()
 
 
