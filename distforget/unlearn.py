@@ -141,9 +141,10 @@ def _retrain_record(prepared, cfg: RunConfig, device: torch.device, out_dir: Pat
                     log) -> dict:
     from distforget.checkpoint import write_checkpoint
     from distforget.model import ModelSpec
-    from distforget.retrain import retrain
+    from distforget.retrain import retrain, target_note
 
     state, record, weights = retrain(prepared, cfg, device=device, log=log)
+    record["target_note"] = target_note(record, cfg.search.target)
     if out_dir is not None:
         spec = ModelSpec(**{**prepared.spec.__dict__, "weights": f"retrain:{Path(weights).name}"})
         record["checkpoint"] = str(write_checkpoint(out_dir / "retrain", state, spec, {
@@ -154,6 +155,8 @@ def _retrain_record(prepared, cfg: RunConfig, device: torch.device, out_dir: Pat
         f"{record['test_forget_acc']:.3f} / {record['test_retain_acc']:.3f} / "
         f"{record['test_zeroshot_acc']:.3f}  ({record['wall_s']:.1f}s; "
         f"{record['retrain_excluded']} training images of the forget subgroup left out)")
+    if record["target_note"]:
+        log(f"note: {record['target_note']}")
     return record
 
 

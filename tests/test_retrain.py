@@ -9,7 +9,7 @@ from distforget.config import load_config, replace
 from distforget.data.scenario import SPLITS, build_scenario, forget_mask
 from distforget.data.load import load_data
 from distforget.errors import ConfigError
-from distforget.retrain import check_retrain, gap_to_retrain
+from distforget.retrain import check_retrain, gap_to_retrain, target_note
 
 
 def _colour_embed(images: np.ndarray) -> np.ndarray:
@@ -62,6 +62,9 @@ def test_unlearn_retrains_without_the_forget_subgroup_and_reports_the_gap(tiny_c
     assert ref["retrain_images"] == 8 * 3 * g.train_per_subgroup - g.train_per_subgroup
     assert any(line.startswith("pretraining") and "(24 left out)" in line for line in logs)
     assert ref["gap_to_retrain"] == 0.0
+    assert ref["target_note"] == target_note(ref, tiny_cfg.search.target)
+    assert (ref["target_note"] is not None) == any(line.startswith("note: the retrained model")
+                                                   for line in logs)
     expected = np.mean([abs(base[k] - ref[k]) for k in ("forget_acc", "retain_acc",
                                                         "zeroshot_acc")])
     assert base["gap_to_retrain"] == pytest.approx(expected)
@@ -83,6 +86,20 @@ def test_gap_prefers_test_values_when_both_records_have_them():
     assert gap_to_retrain(a, b) == pytest.approx(0.1)
     assert gap_to_retrain({k: a[k] for k in ("forget_acc", "retain_acc", "zeroshot_acc")},
                           b) == 0.0
+
+
+def test_the_note_names_each_target_bound_the_retrained_model_misses_on_validation():
+    target = "forget_acc<=0.05, retain_acc>=0.9*base, zeroshot_acc>=0.95*base"
+    base = {"base_forget_acc": 1.0, "base_retain_acc": 0.6, "base_zeroshot_acc": 0.8}
+    # Validation misses forget and zero-shot accuracy; test values would meet all (unread).
+    kept = {"forget_acc": 0.965, "retain_acc": 0.7, "zeroshot_acc": 0.7, **base,
+            "test_forget_acc": 0.0, "test_retain_acc": 0.7, "test_zeroshot_acc": 0.8}
+    note = target_note(kept, target)
+    assert note is not None and "forget_acc 0.965 (<= 0.050 needed)" in note
+    assert "zeroshot_acc 0.700 (>= 0.760 needed)" in note and "retain_acc 0.700" not in note
+    forgot = {**kept, "forget_acc": 0.02, "zeroshot_acc": 0.78}
+    assert target_note(forgot, target) is None
+    assert target_note(kept, "retain_acc>=0.5") is None
 
 
 def test_method_lists():
