@@ -18,10 +18,10 @@ else the held-out evaluation values (said so in the table's note); whether the t
 ``forget_acc <= 0.05, retain_acc >= 0.9 x base, zeroshot_acc >= 0.95 x base`` holds on each
 seed; the gap to retrain (mean absolute difference of forget, retain and zero-shot accuracy)
 and whether the retrain reference itself meets the target (where it does not, the two measures
-pull apart); and the wall time. The tables go into bench/RESULTS.md's suite section (``--no-write``: print
-only). A finished run folder is reused (its recorded wall time too); ``--fresh`` runs again. A
-reused run searched with ``--no-retrain`` gets its retrain reference added by a later call
-without that flag (the search is kept).
+pull apart); and the wall time. The tables go into bench/RESULTS.md's suite section
+(``--no-write``: print only). A finished run folder is reused (its recorded wall time too);
+``--fresh`` runs again. A reused run searched with ``--no-retrain`` gets its retrain reference
+added by a later call without that flag (the search is kept).
 
     python bench/suite.py                # every scenario, 3 seeds, default budget (hours on 2 cores)
     python bench/suite.py --smoke        # embedded only, 2 trials, 1 seed, no baselines
