@@ -30,7 +30,7 @@ import torch
 from distforget.config import RunConfig
 from distforget.errors import ConfigError
 from distforget.evaluate import Evaluator, image_features
-from distforget.objectives import METRICS, constraint_gaps, parse_target
+from distforget.objectives import METRICS, parse_target, shortfalls
 from distforget.prepare import Prepared
 
 GAP_METRICS = ("forget_acc", "retain_acc", "zeroshot_acc")
@@ -106,11 +106,8 @@ def target_note(record: dict[str, Any], target: str) -> str | None:
     """A line naming each constraint of ``target`` (``search.target``) that the retrain
     reference's validation metrics miss (relative bounds from its ``base_<metric>`` values), or
     None when it meets them all. Validation only: the note describes, it chooses nothing."""
-    constraints = parse_target(target)
     base = {k: record[f"base_{k}"] for k in METRICS if f"base_{k}" in record}
-    missed = [f"{c.metric} {record[c.metric]:.3f} ({c.op} {c.threshold(base):.3f} needed)"
-              for c, gap in zip(constraints, constraint_gaps(record, constraints, base))
-              if gap > 0]
+    missed = shortfalls(record, parse_target(target), base)
     if not missed:
         return None
     return (f"the retrained model misses search.target {target!r} on validation: "

@@ -95,8 +95,8 @@ def test_the_note_names_each_target_bound_the_retrained_model_misses_on_validati
     kept = {"forget_acc": 0.965, "retain_acc": 0.7, "zeroshot_acc": 0.7, **base,
             "test_forget_acc": 0.0, "test_retain_acc": 0.7, "test_zeroshot_acc": 0.8}
     note = target_note(kept, target)
-    assert note is not None and "forget_acc 0.965 (<= 0.050 needed)" in note
-    assert "zeroshot_acc 0.700 (>= 0.760 needed)" in note and "retain_acc 0.700" not in note
+    assert note is not None and "forget_acc 0.965 > 0.050 (by 0.915)" in note
+    assert "zeroshot_acc 0.700 < 0.760 (by 0.060)" in note and "retain_acc 0.700" not in note
     forgot = {**kept, "forget_acc": 0.02, "zeroshot_acc": 0.78}
     assert target_note(forgot, target) is None
     assert target_note(kept, "retain_acc>=0.5") is None
