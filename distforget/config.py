@@ -87,8 +87,9 @@ class DataConfig:
     # of CIFAR-10 when `path` holds one; imagenet: ROOT/{train,val}/<wnid>/*.JPEG.
     format: Literal["generated", "parquet", "folder", "cifar10", "imagenet"] = "generated"
     path: str | None = None
-    # Resolution the decoded cache stores (square); None keeps the native size, which must then
-    # be the same for every image. The model's own input size is reached on the device.
+    # Resolution the decoded cache stores (square); None keeps the native size where every image
+    # has one square size, else stores the model's input size. The model's own input size is
+    # reached on the device.
     image_size: int | None = knob(None, ge=8, le=1024)
     # Prompt templates for the zero-shot head: "auto" picks by format, or one of the named sets.
     templates: Literal["auto", "cifar10", "imagenet", "simple", "generated"] = "auto"

@@ -58,6 +58,18 @@ def check_model_name(name: str) -> None:
         raise ConfigError(f"model.name {name!r} is not an open_clip architecture{hint}")
 
 
+def input_size(name: str) -> int | None:
+    """The image size an open_clip architecture takes, from its config (no weights built);
+    None where open_clip has no local config for the name (``hf-hub:``, ``local-dir:``)."""
+    if name.startswith(("hf-hub:", "local-dir:")):
+        return None
+    cfg = open_clip.get_model_config(name)
+    size = (cfg or {}).get("vision_cfg", {}).get("image_size")
+    if size is None:
+        return None
+    return int(size if isinstance(size, int) else size[0])
+
+
 def is_local_file(pretrained: str) -> bool:
     return pretrained.endswith((".safetensors", ".pt", ".pth", ".bin")) or os.path.sep in pretrained
 

@@ -24,7 +24,7 @@ from distforget.data.load import load_data
 from distforget.data.sources import default_cache_dir
 from distforget.data.transforms import DevicePreprocess
 from distforget.evaluate import Evaluator, image_features, zero_shot_logits
-from distforget.model import (ModelSpec, check_model_name, create, load_pretrained,
+from distforget.model import (ModelSpec, check_model_name, create, input_size, load_pretrained,
                               state_to_numpy, tokenizer_for)
 from distforget.synthetic import synthesize
 from distforget.training import Parallel
@@ -110,9 +110,9 @@ def prepare(cfg: RunConfig, device: torch.device, *, cache_dir: Path | None = No
     teacher outputs and base metrics; every input error is raised before any training."""
     start = time.perf_counter()
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    data = load_data(cfg.data, cache_dir)
-    check_scenario(data, cfg.scenario)  # name errors surface before any pretraining
     check_model_name(cfg.model.name)
+    data = load_data(cfg.data, cache_dir, model_size=input_size(cfg.model.name), log=log)
+    check_scenario(data, cfg.scenario)  # name errors surface before any pretraining
     # Splits that need no model are built (and checked: empty sets, overlaps) before any
     # pretraining; k-means subgroups need the base model's embeddings, so they come after it.
     early = None if needs_embeddings(data, cfg.scenario) else build_scenario(data, cfg.scenario)

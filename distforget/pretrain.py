@@ -28,13 +28,14 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
 
     def run(args) -> int:
         from distforget.data.load import load_data
+        from distforget.model import input_size
         from distforget.pretraining import ensure_pretrained, pretrained_info
         from distforget.storage import atomic_path
         from distforget.zeroshot import templates_for
 
         cfg = config_from_args(args)
         device = pick_device(args.device)
-        data = load_data(cfg.data)
+        data = load_data(cfg.data, model_size=input_size(cfg.model.name), log=print)
         templates = templates_for(cfg.data.templates, cfg.data.format, data.classes)
         path = ensure_pretrained(cfg.model, cfg.pretrain, data, templates, device,
                                  holdout_fraction=cfg.scenario.holdout_fraction)

@@ -53,13 +53,13 @@ def retrain(prepared: Prepared, cfg: RunConfig, *, device: torch.device,
     the cached weights' path."""
     from distforget.data.scenario import forget_mask, needs_embeddings
     from distforget.data.load import load_data
-    from distforget.model import load_pretrained, tokenizer_for
+    from distforget.model import input_size, load_pretrained, tokenizer_for
     from distforget.pretraining import ensure_pretrained, pretrained_info
     from distforget.zeroshot import build_head, templates_for
 
     check_retrain(cfg)
     start = time.perf_counter()
-    data = load_data(cfg.data, cache_dir)
+    data = load_data(cfg.data, cache_dir, model_size=input_size(cfg.model.name))
     templates = templates_for(cfg.data.templates, cfg.data.format, data.classes)
     embed = None
     if needs_embeddings(data, cfg.scenario):  # k-means subgroups: the base model's embeddings

@@ -60,3 +60,17 @@ def cifar_manifest(tmp_path_factory) -> Path:
     pd.concat([train, test], ignore_index=True)[["image", "class_name", "split", "path"]] \
         .to_parquet(path, index=False)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A randomly initialised DF-RN-Tiny-32, saved as open_clip loads local weights."""
+    import open_clip
+    from safetensors.torch import save_file
+
+    import distforget.model  # noqa: F401  (registers DF-RN-Tiny-32 with open_clip)
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
+    save_file(open_clip.create_model("DF-RN-Tiny-32").state_dict(), str(path))
+    return path

@@ -45,3 +45,35 @@ def test_remind_makes_its_own_synthetic_images_at_the_stored_size(prepared_28px,
     out = run_remind(p, cfg.remind, forgotten, device=cpu)
     assert out.meta["synthetic_images"] == 4
     assert np.isfinite(out.meta["wall_s"])
+
+
+def test_a_folder_of_photos_of_several_sizes_without_splits_runs(tmp_path, tiny_checkpoint, cpu):
+    """A user's folder as it comes: ROOT/<class>/<subgroup>/<image>, no split level, JPEG and
+    PNG of several sizes, some grayscale; the images are stored at the model's 32 px."""
+    import io
+
+    from PIL import Image
+
+    from distforget.unlearn import unlearn
+    from tests.factories import cifar_frame
+
+    frame = cifar_frame("train", 60, ["cat", "dog", "ship", "truck"])
+    place = {"cat": ("pet", "cat"), "dog": ("pet", "dog"), "ship": ("ship", None),
+             "truck": ("truck", None)}
+    for i, row in enumerate(frame.itertuples()):
+        cls, sub = place[row.class_name]
+        folder = tmp_path / "photos" / cls / (sub or "")
+        folder.mkdir(parents=True, exist_ok=True)
+        img = Image.open(io.BytesIO(row.image)).resize((36 + i % 20, 48 - i % 9))
+        suffix = ".png" if i % 2 else ".jpg"
+        img.convert("L" if i % 5 == 0 else "RGB").save(folder / f"{i:03d}{suffix}")
+    cfg = load_config(None, {
+        **TINY, "model.pretrained": str(tiny_checkpoint), "data.format": "folder",
+        "data.path": str(tmp_path / "photos"), "data.templates": "simple",
+        "scenario.forget_class": "pet", "scenario.forget_subgroup": "dog"})
+    logs = []
+    (record,) = unlearn(cfg, ["three_stage"], device=cpu, out_dir=None, log=logs.append)
+    assert all(0.0 <= record[m] <= 1.0 for m in ("forget_acc", "retain_acc", "zeroshot_acc"))
+    said = [line for line in logs if line.startswith("data: ")]
+    assert len(said) == 1 and "stored at 32x32, the model's input size" in said[0]
+    assert any("forget pet/dog" in line for line in logs)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -16,10 +17,9 @@ from distforget.data.cifar10 import CLASSES as CIFAR10_CLASSES
 from distforget.data.cifar10 import holds_parquet
 from distforget.data.generated import generate
 from distforget.data.imagenet import read_imagenet
-from distforget.data.sources import (IMAGE_SUFFIXES, ImageTable, decode_cached, default_cache_dir,
-                                     from_arrays, label_table, manifest_files,
-                                     read_manifest_file,
-                                     save_atomic_npy, sha_of)
+from distforget.data.sources import (IMAGE_SUFFIXES, SPLIT_NAMES, ImageTable, MixedSizes,
+                                     decode_cached, default_cache_dir, from_arrays, label_table,
+                                     manifest_files, read_manifest_file, save_atomic_npy, sha_of)
 from distforget.errors import DataError
 from distforget.storage import atomic_path
 
@@ -46,31 +46,44 @@ def read_parquet_manifest(path: str | Path, size: int | None, cache_dir: Path) -
     return ImageTable(images, table)
 
 
+def _class_rows(class_dir: Path, split: str | None) -> list[tuple]:
+    """(split, class, subgroup, file) of ``<class>/<image>`` or ``<class>/<subgroup>/<image>``."""
+    entries = sorted(class_dir.iterdir())
+    subdirs = [e for e in entries if e.is_dir()]
+    files = [e for e in entries if e.is_file() and e.suffix.lower() in IMAGE_SUFFIXES]
+    if subdirs and files:
+        raise DataError(
+            f"folder {str(class_dir)!r} holds both images and subgroup folders: expected "
+            "<class>/<image> or <class>/<subgroup>/<image>")
+    if not subdirs:
+        return [(split, class_dir.name, None, f) for f in files]
+    return [(split, class_dir.name, sub.name, f) for sub in subdirs for f in sorted(sub.iterdir())
+            if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
+
+
 def read_image_folder(root: str | Path, size: int | None, cache_dir: Path) -> ImageTable:
-    """``ROOT/<split>/<class>/<subgroup>/<image>``; the subgroup level may be absent."""
+    """``ROOT/<split>/<class>/<subgroup>/<image>``; the subgroup level may be absent, and so may
+    the split level (``ROOT/<class>/...``: no top folder is named like a split, and the content
+    hash then holds images out, as for a manifest without a split column)."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"data.path {str(root)!r}: no image folder there")
-    rows = []
-    for split_dir in sorted(p for p in root.iterdir() if p.is_dir()):
-        for class_dir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-            entries = sorted(class_dir.iterdir())
-            subdirs = [e for e in entries if e.is_dir()]
-            files = [e for e in entries if e.is_file() and e.suffix.lower() in IMAGE_SUFFIXES]
-            if subdirs and files:
-                raise DataError(
-                    f"folder {str(class_dir)!r} holds both images and subgroup folders: expected "
-                    "ROOT/<split>/<class>/<image> or ROOT/<split>/<class>/<subgroup>/<image>")
-            if subdirs:
-                for sub in subdirs:
-                    rows.extend((split_dir.name, class_dir.name, sub.name, f)
-                                for f in sorted(sub.iterdir())
-                                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-            else:
-                rows.extend((split_dir.name, class_dir.name, None, f) for f in files)
+    top = sorted(p for p in root.iterdir() if p.is_dir())
+    named = [p.name for p in top if p.name in SPLIT_NAMES]
+    if named and len(named) < len(top):
+        other = next(p.name for p in top if p.name not in SPLIT_NAMES)
+        raise DataError(
+            f"image folder {str(root)!r} mixes split folders ({', '.join(named)}) with other "
+            f"folders ({other!r}): expected ROOT/<split>/<class>/... with <split> one of "
+            f"{', '.join(SPLIT_NAMES)}, or ROOT/<class>/... without a split level")
+    if named:
+        rows = [r for split_dir in top for class_dir in sorted(split_dir.iterdir())
+                if class_dir.is_dir() for r in _class_rows(class_dir, split_dir.name)]
+    else:
+        rows = [r for class_dir in top for r in _class_rows(class_dir, None)]
     if not rows:
         raise DataError(f"image folder {str(root)!r} holds no images: expected "
-                        "ROOT/<split>/<class>/[<subgroup>/]<image>")
+                        "ROOT/[<split>/]<class>/[<subgroup>/]<image>")
     splits, classes, subgroups, files = zip(*rows)
     blobs = [f.read_bytes() for f in files]
     shas = [sha_of(b) for b in blobs]
@@ -134,23 +147,42 @@ def read_generated(cfg: DataConfig, cache_dir: Path) -> ImageTable:
     return result
 
 
-def load_data(cfg: DataConfig, cache_dir: Path | None = None) -> ImageTable:
-    """Read the configured source into the internal form, filtered to ``cfg.classes``."""
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+def _read(cfg: DataConfig, size: int | None, cache_dir: Path) -> ImageTable:
     if cfg.format == "generated":
-        data = read_generated(cfg, cache_dir)
-    elif cfg.path is None and cfg.format != "cifar10":
+        return read_generated(cfg, cache_dir)
+    if cfg.path is None and cfg.format != "cifar10":
         raise DataError(f"data.path is required for data.format {cfg.format!r}")
-    elif cfg.format == "parquet":
-        data = read_parquet_manifest(cfg.path, cfg.image_size, cache_dir)
-    elif cfg.format == "folder":
-        data = read_image_folder(cfg.path, cfg.image_size, cache_dir)
-    elif cfg.format == "cifar10":  # torchvision's download, or a local Parquet copy
-        data = read_cifar10(cfg.path, cfg.image_size, cache_dir)
-    elif cfg.format == "imagenet":
-        data = read_imagenet(cfg.path, cfg.image_size, cache_dir)
-    else:  # the config's Literal type makes this unreachable
-        raise DataError(f"data.format {cfg.format!r} is not supported")
+    if cfg.format == "parquet":
+        return read_parquet_manifest(cfg.path, size, cache_dir)
+    if cfg.format == "folder":
+        return read_image_folder(cfg.path, size, cache_dir)
+    if cfg.format == "cifar10":  # torchvision's download, or a local Parquet copy
+        return read_cifar10(cfg.path, size, cache_dir)
+    if cfg.format == "imagenet":
+        return read_imagenet(cfg.path, size, cache_dir)
+    # the config's Literal type makes this unreachable
+    raise DataError(f"data.format {cfg.format!r} is not supported")
+
+
+def load_data(cfg: DataConfig, cache_dir: Path | None = None, *, model_size: int | None = None,
+              log: Callable[[str], None] | None = None) -> ImageTable:
+    """Read the configured source into the internal form, filtered to ``cfg.classes``.
+
+    With ``data.image_size`` unset, images keep their native size when it is one square size;
+    otherwise they are stored at ``model_size`` (the model's input size, said in ``log``), or,
+    without one, refused with the error that names the first image out of line.
+    """
+    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    try:
+        data = _read(cfg, cfg.image_size, cache_dir)
+    except MixedSizes as exc:
+        if cfg.image_size is not None or model_size is None:
+            raise
+        data = _read(cfg, model_size, cache_dir)
+        if log is not None:
+            log(f"data: {exc.what}, so every image is stored "
+                f"at {model_size}x{model_size}, the model's input size (shorter side resized, "
+                "centre crop; data.image_size sets another)")
     if cfg.classes:
         known = set(data.table["class_name"])
         missing = [c for c in cfg.classes if c not in known]

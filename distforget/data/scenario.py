@@ -37,7 +37,7 @@ import numpy as np
 import pandas as pd
 
 from distforget.config import ScenarioConfig
-from distforget.data.sources import EVAL_SPLITS, ImageTable
+from distforget.data.sources import EVAL_SPLITS, SPLIT_NAMES, ImageTable
 from distforget.errors import DataError, did_you_mean
 
 HELD_OUT_SETS = ("forget", "retain", "zeroshot")
@@ -46,7 +46,6 @@ SPLITS = ("forget_train", "retain_train", "calib_forget", "calib_retain",
 # The fewest held-out images of one set on either side of the validation/test division: fewer
 # make an accuracy whose 95% interval spans most of [0, 1].
 MIN_HELD_OUT = 5
-KNOWN_SPLIT_VALUES = ("train",) + EVAL_SPLITS
 
 
 @dataclass(frozen=True)
@@ -102,10 +101,10 @@ def held_out_mask(data: ImageTable, holdout_fraction: float) -> np.ndarray:
     table = data.table
     if data.has_splits:
         values = set(table["split"])
-        unknown = sorted(values - set(KNOWN_SPLIT_VALUES))
+        unknown = sorted(values - set(SPLIT_NAMES))
         if unknown:
             raise DataError(f"split value {unknown[0]!r} in the data is not one of "
-                            f"{', '.join(KNOWN_SPLIT_VALUES)}")
+                            f"{', '.join(SPLIT_NAMES)}")
         return table["split"].isin(EVAL_SPLITS).to_numpy()
     return _unit_hash(table["sha"], "holdout") < holdout_fraction
 

@@ -24,6 +24,19 @@ from distforget.storage import atomic_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".gif", ".tif", ".tiff"}
 EVAL_SPLITS = ("test", "val", "validation")
+SPLIT_NAMES = ("train",) + EVAL_SPLITS
+
+
+class MixedSizes(DataError):
+    """Images at their native size are not all one square size (``data.image_size`` unset);
+    ``what`` names the first image out of line."""
+
+    def __init__(self, what: str):
+        super().__init__(f"{what}: set data.image_size to store every image at one square size")
+        self.what = what
+
+    def __reduce__(self):  # pickled (between processes) as it was made
+        return (MixedSizes, (self.what,))
 
 
 @dataclass(frozen=True)
@@ -98,8 +111,7 @@ def decode_one(data: bytes, source: str, size: int | None) -> np.ndarray:
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
         raise DataError(f"image {source} cannot be decoded: {exc}") from None
     if size is None and arr.shape[0] != arr.shape[1]:
-        raise DataError(f"image {source} is {arr.shape[1]}x{arr.shape[0]}, not square: "
-                        "set data.image_size to store every image at one square size")
+        raise MixedSizes(f"image {source} is {arr.shape[1]}x{arr.shape[0]}, not square")
     return arr
 
 
@@ -124,10 +136,8 @@ def decode_cached(blobs: Sequence[bytes] | Callable[[int], bytes], sources: Sequ
     for i in range(1, len(sources)):
         arr = decode_one(get(i), sources[i], size)
         if arr.shape != first.shape:
-            raise DataError(
-                f"image {sources[i]} is {arr.shape[1]}x{arr.shape[0]} but {sources[0]} is "
-                f"{first.shape[1]}x{first.shape[0]}: set data.image_size to store every image "
-                "at one size")
+            raise MixedSizes(f"image {sources[i]} is {arr.shape[1]}x{arr.shape[0]} but "
+                             f"{sources[0]} is {first.shape[1]}x{first.shape[0]}")
         out[i] = arr
     save_atomic_npy(path, out)
     return np.load(path, mmap_mode="r")

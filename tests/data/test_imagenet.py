@@ -60,20 +60,6 @@ def mini_imagenet(tmp_path_factory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def tiny_checkpoint(tmp_path_factory) -> Path:
-    """A randomly initialised DF-RN-Tiny-32, saved as open_clip loads local weights."""
-    import open_clip
-    from safetensors.torch import save_file
-
-    import distforget.model  # noqa: F401  (registers DF-RN-Tiny-32 with open_clip)
-
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("tiny") / "tiny.safetensors"
-    save_file(open_clip.create_model("DF-RN-Tiny-32").state_dict(), str(path))
-    return path
-
-
 # --- the shipped hierarchy -------------------------------------------------------------------
 
 def test_shipped_hierarchy_covers_the_1000_classes_up_to_entity():

@@ -68,11 +68,57 @@ def test_resizing_to_a_stored_size(tmp_path, cache_dir):
     folder.mkdir(parents=True)
     Image.new("RGB", (60, 40), (200, 10, 10)).save(folder / "a.png")
     Image.new("RGB", (32, 32), (10, 200, 10)).save(folder / "b.png")
-    with pytest.raises(DataError, match="not square: set data.image_size"):
+    with pytest.raises(DataError, match="a.png is 60x40, not square: set data.image_size"):
         load_data(DataConfig(format="folder", path=str(tmp_path)), cache_dir)
     data = load_data(DataConfig(format="folder", path=str(tmp_path), image_size=16), cache_dir)
     assert data.images.shape == (2, 16, 16, 3)
     assert tuple(data.images[0, 8, 8]) == (200, 10, 10)
+
+
+def test_images_of_several_sizes_are_stored_at_the_models_input_size(tmp_path, cache_dir):
+    folder = tmp_path / "train" / "cat"
+    folder.mkdir(parents=True)
+    Image.new("RGB", (24, 24), (200, 10, 10)).save(folder / "a.png")
+    Image.new("L", (40, 40), 90).save(folder / "b.jpg")
+    said = []
+    data = load_data(DataConfig(format="folder", path=str(tmp_path)), cache_dir, model_size=20,
+                     log=said.append)
+    assert data.images.shape == (2, 20, 20, 3)
+    assert tuple(data.images[0, 10, 10]) == (200, 10, 10)
+    assert len(said) == 1 and "b.jpg is 40x40 but" in said[0] and "stored at 20x20" in said[0]
+    # One square size is kept as it is, and data.image_size wins over the model's size.
+    (folder / "b.jpg").unlink()
+    said.clear()
+    native = load_data(DataConfig(format="folder", path=str(tmp_path)), cache_dir,
+                       model_size=20, log=said.append)
+    assert native.images.shape == (1, 24, 24, 3) and said == []
+    chosen = load_data(DataConfig(format="folder", path=str(tmp_path), image_size=16), cache_dir,
+                       model_size=20)
+    assert chosen.images.shape == (1, 16, 16, 3)
+
+
+def test_the_mixed_size_error_survives_pickling():
+    import pickle
+
+    err = pickle.loads(pickle.dumps(sources.MixedSizes("image x.png is 3x2, not square")))
+    assert str(err) == ("image x.png is 3x2, not square: set data.image_size to store every "
+                        "image at one square size")
+
+
+def test_image_folder_without_a_split_level(tmp_path, cache_dir):
+    frame = cifar_frame("train", 6, ["cat", "ship"])
+    write_image_folder(tmp_path / "mixed", frame, "train")
+    write_image_folder(tmp_path / "flat", frame, "",
+                       subgroup_of=lambda i, row: "day" if i % 2 else "night")
+    flat = load_data(DataConfig(format="folder", path=str(tmp_path / "flat")), cache_dir)
+    assert not flat.has_splits and flat.table["split"].isna().all()
+    assert set(flat.table["class_name"]) == {"cat", "ship"}
+    assert flat.table.groupby(["class_name", "subgroup"]).size().to_dict() == {
+        ("cat", "day"): 3, ("cat", "night"): 3, ("ship", "day"): 3, ("ship", "night"): 3}
+    write_image_folder(tmp_path / "mixed", frame, "dog")  # a class folder beside a split folder
+    with pytest.raises(DataError, match=r"mixes split folders \(train\) with other folders "
+                                        r"\('dog'\)"):
+        load_data(DataConfig(format="folder", path=str(tmp_path / "mixed")), cache_dir)
 
 
 def test_manifest_errors_name_the_problem(tmp_path, cache_dir):
