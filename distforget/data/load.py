@@ -69,16 +69,16 @@ def read_image_folder(root: str | Path, size: int | None, cache_dir: Path) -> Im
     if not root.is_dir():
         raise DataError(f"data.path {str(root)!r}: no image folder there")
     top = sorted(p for p in root.iterdir() if p.is_dir())
-    named = [p.name for p in top if p.name in SPLIT_NAMES]
+    named = [p.name for p in top if p.name.lower() in SPLIT_NAMES]  # Train/ is train/
     if named and len(named) < len(top):
-        other = next(p.name for p in top if p.name not in SPLIT_NAMES)
+        other = next(p.name for p in top if p.name.lower() not in SPLIT_NAMES)
         raise DataError(
             f"image folder {str(root)!r} mixes split folders ({', '.join(named)}) with other "
             f"folders ({other!r}): expected ROOT/<split>/<class>/... with <split> one of "
             f"{', '.join(SPLIT_NAMES)}, or ROOT/<class>/... without a split level")
     if named:
         rows = [r for split_dir in top for class_dir in sorted(split_dir.iterdir())
-                if class_dir.is_dir() for r in _class_rows(class_dir, split_dir.name)]
+                if class_dir.is_dir() for r in _class_rows(class_dir, split_dir.name.lower())]
     else:
         rows = [r for class_dir in top for r in _class_rows(class_dir, None)]
     if not rows:

@@ -115,6 +115,10 @@ def test_image_folder_without_a_split_level(tmp_path, cache_dir):
     assert set(flat.table["class_name"]) == {"cat", "ship"}
     assert flat.table.groupby(["class_name", "subgroup"]).size().to_dict() == {
         ("cat", "day"): 3, ("cat", "night"): 3, ("ship", "day"): 3, ("ship", "night"): 3}
+    write_image_folder(tmp_path / "cased", frame, "Train")
+    write_image_folder(tmp_path / "cased", cifar_frame("test", 2, ["cat", "ship"]), "Val")
+    cased = load_data(DataConfig(format="folder", path=str(tmp_path / "cased")), cache_dir)
+    assert cased.table["split"].value_counts().to_dict() == {"train": 12, "val": 4}
     write_image_folder(tmp_path / "mixed", frame, "dog")  # a class folder beside a split folder
     with pytest.raises(DataError, match=r"mixes split folders \(train\) with other folders "
                                         r"\('dog'\)"):
