@@ -166,7 +166,8 @@ def prepare(cfg: RunConfig, device: torch.device, *, cache_dir: Path | None = No
         "head": hashlib.sha256(head_np.tobytes()).hexdigest(),
         "scenario": scenario.fingerprint}, sort_keys=True).encode()).hexdigest()
     info = {"templates": len(templates), "weights": spec.weights, "pretrain": pretrain_info,
-            "splits": scenario.summary(), "shared_with_forget": scenario.shared_with_forget,
+            "stored_size": int(images.shape[1]), "splits": scenario.summary(),
+            "shared_with_forget": scenario.shared_with_forget,
             "subgroup_rule": scenario.subgroup_rule,
             "subgroups": list(scenario.subgroups), "zeroshot_classes":
             list(scenario.zeroshot_classes), "prepare_s": time.perf_counter() - start}

@@ -71,8 +71,13 @@ def test_a_folder_of_photos_of_several_sizes_without_splits_runs(tmp_path, tiny_
         **TINY, "model.pretrained": str(tiny_checkpoint), "data.format": "folder",
         "data.path": str(tmp_path / "photos"), "data.templates": "simple",
         "scenario.forget_class": "pet", "scenario.forget_subgroup": "dog"})
+    from distforget.prepare import prepare
+
     logs = []
-    (record,) = unlearn(cfg, ["three_stage"], device=cpu, out_dir=None, log=logs.append)
+    p = prepare(cfg, cpu, log=logs.append)
+    assert p.images.shape[1:] == (32, 32, 3) and p.info["stored_size"] == 32
+    (record,) = unlearn(cfg, ["three_stage"], device=cpu, out_dir=None, prepared=p,
+                        log=logs.append)
     assert all(0.0 <= record[m] <= 1.0 for m in ("forget_acc", "retain_acc", "zeroshot_acc"))
     said = [line for line in logs if line.startswith("data: ")]
     assert len(said) == 1 and "stored at 32x32, the model's input size" in said[0]
