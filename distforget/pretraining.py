@@ -31,7 +31,7 @@ from distforget.data.scenario import held_out_mask
 from distforget.data.sources import ImageTable, default_cache_dir
 from distforget.data.transforms import DevicePreprocess
 from distforget.evaluate import accuracy, image_features
-from distforget.model import ModelSpec, create
+from distforget.model import ModelSpec, create, input_size
 from distforget.storage import atomic_path
 from distforget.zeroshot import build_head, prompt_name
 
@@ -77,9 +77,8 @@ def contrastive_loss(image_f: torch.Tensor, text_f: torch.Tensor, scale: torch.T
 
 def spec_for(name: str, weights: str) -> ModelSpec:
     cfg = open_clip.get_model_config(name)
-    size = cfg["vision_cfg"]["image_size"]
     return ModelSpec(name=name, quick_gelu=bool(cfg.get("quick_gelu", False)),
-                     image_size=int(size if isinstance(size, int) else size[0]),
+                     image_size=input_size(name),
                      mean=tuple(open_clip.OPENAI_DATASET_MEAN),
                      std=tuple(open_clip.OPENAI_DATASET_STD), weights=weights)
 
