@@ -36,8 +36,8 @@ from typing import Mapping
 
 import pandas as pd
 
-from distforget.data.sources import (IMAGE_SUFFIXES, ImageTable, decode_cached, label_table,
-                                     sha_of)
+from distforget.data.sources import (IMAGE_SUFFIXES, ImageTable, StoredSize, decode_cached,
+                                     label_table, sha_of)
 from distforget.errors import DataError, did_you_mean
 
 HIERARCHY_FILE = Path(__file__).with_name("imagenet_hierarchy.json.gz")
@@ -221,7 +221,8 @@ def _to_class_name(value: str, where: str) -> str:
                     f"ImageNet class names{did_you_mean(value, [*h.wnids, *h.names])}")
 
 
-def _read_folders(root: Path, size: int | None, cache_dir: Path) -> ImageTable:
+def _read_folders(root: Path, size: int | None | StoredSize,
+                  cache_dir: Path) -> ImageTable:
     rows = []
     for split in SPLIT_FOLDERS:
         split_dir = root / split
@@ -249,7 +250,8 @@ def _read_folders(root: Path, size: int | None, cache_dir: Path) -> ImageTable:
     return ImageTable(images, table)
 
 
-def _read_manifests(path: Path, size: int | None, cache_dir: Path) -> ImageTable:
+def _read_manifests(path: Path, size: int | None | StoredSize,
+                    cache_dir: Path) -> ImageTable:
     """Parquet manifests as in the parquet form, with ``class_name`` holding wnids or
     open_clip names, or a ``wnid`` column in its place."""
     import pyarrow.parquet as pq
@@ -296,7 +298,8 @@ def _read_manifests(path: Path, size: int | None, cache_dir: Path) -> ImageTable
     return ImageTable(images, table)
 
 
-def read_imagenet(path: str | Path, image_size: int | None, cache_dir: Path) -> ImageTable:
+def read_imagenet(path: str | Path, image_size: int | None | StoredSize,
+                  cache_dir: Path) -> ImageTable:
     """ImageNet-1K as an ImageTable with open_clip's class names.
 
     ``path`` is the standard layout, ``ROOT/{train,val}/<wnid>/*.JPEG`` (either split may be

@@ -17,14 +17,15 @@ from distforget.data.cifar10 import CLASSES as CIFAR10_CLASSES
 from distforget.data.cifar10 import holds_parquet
 from distforget.data.generated import generate
 from distforget.data.imagenet import read_imagenet
-from distforget.data.sources import (IMAGE_SUFFIXES, SPLIT_NAMES, ImageTable, MixedSizes,
+from distforget.data.sources import (IMAGE_SUFFIXES, SPLIT_NAMES, ImageTable, StoredSize,
                                      decode_cached, default_cache_dir, from_arrays, label_table,
                                      manifest_files, read_manifest_file, save_atomic_npy, sha_of)
 from distforget.errors import DataError
 from distforget.storage import atomic_path
 
 
-def read_parquet_manifest(path: str | Path, size: int | None, cache_dir: Path) -> ImageTable:
+def read_parquet_manifest(path: str | Path, size: int | None | StoredSize,
+                          cache_dir: Path) -> ImageTable:
     """A Parquet manifest: ``image`` (encoded bytes) or ``path`` (relative to the manifest's
     folder), ``class_name``, optional ``subgroup`` and ``split``.
 
@@ -61,7 +62,8 @@ def _class_rows(class_dir: Path, split: str | None) -> list[tuple]:
             if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES]
 
 
-def read_image_folder(root: str | Path, size: int | None, cache_dir: Path) -> ImageTable:
+def read_image_folder(root: str | Path, size: int | None | StoredSize,
+                      cache_dir: Path) -> ImageTable:
     """``ROOT/<split>/<class>/<subgroup>/<image>``; the subgroup level may be absent, and so may
     the split level (``ROOT/<class>/...``: no top folder is named like a split, and the content
     hash then holds images out, as for a manifest without a split column)."""
@@ -89,8 +91,8 @@ def read_image_folder(root: str | Path, size: int | None, cache_dir: Path) -> Im
     shas = [sha_of(b) for b in blobs]
     sources = [str(f) for f in files]
     images = decode_cached(blobs, sources, shas, size, cache_dir)
-    table = label_table(classes, pd.Series(subgroups, dtype=object), pd.Series(splits, dtype=object),
-                   sources, shas)
+    table = label_table(classes, pd.Series(subgroups, dtype=object),
+                        pd.Series(splits, dtype=object), sources, shas)
     return ImageTable(images, table)
 
 
@@ -115,7 +117,8 @@ def read_torchvision_cifar10(root: str | Path) -> ImageTable:
     return from_arrays(np.concatenate(arrays), pd.concat(frames, ignore_index=True))
 
 
-def read_cifar10(path: str | Path | None, size: int | None, cache_dir: Path) -> ImageTable:
+def read_cifar10(path: str | Path | None, size: int | None | StoredSize,
+                 cache_dir: Path) -> ImageTable:
     """CIFAR-10 as an ``ImageTable`` (see ``distforget.data.cifar10`` for what ``path`` may
     be)."""
     if path is None or not holds_parquet(path):
@@ -147,7 +150,7 @@ def read_generated(cfg: DataConfig, cache_dir: Path) -> ImageTable:
     return result
 
 
-def _read(cfg: DataConfig, size: int | None, cache_dir: Path) -> ImageTable:
+def _read(cfg: DataConfig, size: StoredSize, cache_dir: Path) -> ImageTable:
     if cfg.format == "generated":
         return read_generated(cfg, cache_dir)
     if cfg.path is None and cfg.format != "cifar10":
@@ -173,16 +176,8 @@ def load_data(cfg: DataConfig, cache_dir: Path | None = None, *, model_size: int
     without one, refused with the error that names the first image out of line.
     """
     cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir()
-    try:
-        data = _read(cfg, cfg.image_size, cache_dir)
-    except MixedSizes as exc:
-        if cfg.image_size is not None or model_size is None:
-            raise
-        data = _read(cfg, model_size, cache_dir)
-        if log is not None:
-            log(f"data: {exc.what}, so every image is stored "
-                f"at {model_size}x{model_size}, the model's input size (shorter side resized, "
-                "centre crop; data.image_size sets another)")
+    fallback = model_size if cfg.image_size is None else None
+    data = _read(cfg, StoredSize(cfg.image_size, fallback, log), cache_dir)
     if cfg.classes:
         known = set(data.table["class_name"])
         missing = [c for c in cfg.classes if c not in known]

@@ -115,21 +115,28 @@ def decode_one(data: bytes, source: str, size: int | None) -> np.ndarray:
     return arr
 
 
-def decode_cached(blobs: Sequence[bytes] | Callable[[int], bytes], sources: Sequence[str],
-                  shas: Sequence[str], size: int | None, cache_dir: Path) -> np.ndarray:
-    """Decode encoded images once into a memory-mapped uint8 cache keyed by content hash.
+@dataclass(frozen=True)
+class StoredSize:
+    """The size ``decode_cached`` stores images at: ``size``, or with ``size`` None each image's
+    native size, which must be one square size. Where it is not and ``fallback`` is set, the
+    images are stored at ``fallback`` (the model's input size) instead, said in ``log``."""
 
-    ``blobs`` is a sequence of encoded images or a function from row number to bytes (so large
-    folders are read lazily, and not at all on a cache hit).
-    """
-    key = hashlib.sha256(("\n".join(shas) + f"\nsize={size}").encode()).hexdigest()
-    path = Path(cache_dir) / "decoded" / f"{key}.npy"
+    size: int | None
+    fallback: int | None = None
+    log: Callable[[str], None] | None = None
+
+
+def _cached(path: Path) -> np.ndarray | None:
     if path.is_file():
         try:
             return np.load(path, mmap_mode="r")
         except (ValueError, OSError):
             path.unlink(missing_ok=True)  # a torn file from an old crash: decode again
-    get = blobs if callable(blobs) else blobs.__getitem__
+    return None
+
+
+def _decode_all(get: Callable[[int], bytes], sources: Sequence[str], size: int | None,
+                path: Path) -> np.ndarray:
     first = decode_one(get(0), sources[0], size)
     out = np.empty((len(sources),) + first.shape, dtype=np.uint8)
     out[0] = first
@@ -141,6 +148,43 @@ def decode_cached(blobs: Sequence[bytes] | Callable[[int], bytes], sources: Sequ
         out[i] = arr
     save_atomic_npy(path, out)
     return np.load(path, mmap_mode="r")
+
+
+def decode_cached(blobs: Sequence[bytes] | Callable[[int], bytes], sources: Sequence[str],
+                  shas: Sequence[str], size: int | None | StoredSize, cache_dir: Path
+                  ) -> np.ndarray:
+    """Decode encoded images once into a memory-mapped uint8 cache keyed by content hash.
+
+    ``blobs`` is a sequence of encoded images or a function from row number to bytes (so large
+    folders are read lazily, and not at all on a cache hit). ``size`` is an int (or None: the
+    native size) or a ``StoredSize``. When the native sizes differ and a fallback size is set,
+    the images already read are decoded again at that size in the same call, and a note beside
+    the cache remembers it, so later loads go straight to the fallback's cache.
+    """
+    want = size if isinstance(size, StoredSize) else StoredSize(size)
+    key = hashlib.sha256(("\n".join(shas) + f"\nsize={want.size}").encode()).hexdigest()
+    path = Path(cache_dir) / "decoded" / f"{key}.npy"
+    cached = _cached(path)
+    if cached is not None:
+        return cached
+    get = blobs if callable(blobs) else blobs.__getitem__
+    mixed = path.with_suffix(".mixed")  # the first image out of line, from an earlier load
+    if want.size is None and want.fallback is not None and mixed.is_file():
+        what = mixed.read_text()
+    else:
+        try:
+            return _decode_all(get, sources, want.size, path)
+        except MixedSizes as exc:
+            if want.fallback is None:
+                raise
+            what = exc.what
+            with atomic_path(mixed) as tmp:
+                tmp.write_text(what)
+    if want.log is not None:
+        want.log(f"data: {what}, so every image is stored at {want.fallback}x{want.fallback}, "
+                 "the model's input size (shorter side resized, centre crop; data.image_size "
+                 "sets another)")
+    return decode_cached(blobs, sources, shas, want.fallback, cache_dir)
 
 
 def _clean_optional(series: pd.Series | None, n: int) -> pd.Series:

@@ -97,6 +97,34 @@ def test_images_of_several_sizes_are_stored_at_the_models_input_size(tmp_path, c
     assert chosen.images.shape == (1, 16, 16, 3)
 
 
+def test_images_of_several_sizes_are_read_and_hashed_once_per_load(tmp_path, cache_dir,
+                                                                   monkeypatch):
+    folder = tmp_path / "train" / "cat"
+    folder.mkdir(parents=True)
+    for name, size in (("a.png", 24), ("b.png", 40), ("c.png", 24), ("d.png", 30)):
+        Image.new("RGB", (size, size), (200, 10, 10)).save(folder / name)
+    hashed, decoded = [], []
+    monkeypatch.setattr(load, "sha_of", lambda b: hashed.append(b) or sources.sha_of(b))
+    real_decode = sources.decode_one
+    monkeypatch.setattr(sources, "decode_one",
+                        lambda data, source, size: decoded.append((source, size))
+                        or real_decode(data, source, size))
+    cfg = DataConfig(format="folder", path=str(tmp_path))
+    said = []
+    first = load_data(cfg, cache_dir, model_size=20, log=said.append)
+    # The native decode stops at b.png, the one out of line; then every image once at 20 px.
+    assert len(hashed) == 4
+    assert [s for _, s in decoded] == [None, None, 20, 20, 20, 20]
+    hashed.clear(), decoded.clear()
+    again = load_data(cfg, cache_dir, model_size=20, log=said.append)
+    assert len(hashed) == 4 and decoded == []  # straight to the 20 px cache
+    assert np.array_equal(first.images, again.images) and first.images.shape == (4, 20, 20, 3)
+    assert len(said) == 2 and said[0] == said[1] and "b.png is 40x40 but" in said[0]
+    # Without a model size the error stands, on a later load too.
+    with pytest.raises(sources.MixedSizes, match="b.png is 40x40 but"):
+        load_data(cfg, cache_dir)
+
+
 def test_the_mixed_size_error_survives_pickling():
     import pickle
 
