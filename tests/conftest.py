@@ -14,6 +14,7 @@ import pandas as pd
 import pytest
 import torch
 
+from distforget.threads import set_torch_threads
 from tests.factories import TINY, cifar_frame
 
 
@@ -31,7 +32,9 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def cpu() -> torch.device:
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # Two threads at most, fewer where the machine has fewer CPUs or OMP_NUM_THREADS says so
+    # (beside a running search, OMP_NUM_THREADS=1 keeps the tests off the busy core).
+    set_torch_threads(2)
     return torch.device("cpu")
 
 
