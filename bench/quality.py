@@ -37,7 +37,7 @@ sys.path.insert(0, str(ROOT))
 from bench.common import machine, replace_section  # noqa: E402
 from bench.local_search import local_search  # noqa: E402
 from distforget.cli import pick_device  # noqa: E402
-from distforget.config import BASELINES, load_config, replace  # noqa: E402
+from distforget.config import BASELINES, RunConfig, load_config, replace  # noqa: E402
 from distforget.objectives import (ACCURACIES, as_test, parse_target, shortfalls,  # noqa: E402
                                    margin_sizes)
 from distforget.pareto import pick, usable  # noqa: E402
@@ -49,17 +49,18 @@ METHODS = ("three_stage", *BASELINES)
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # t(0.975, n-1) by n-1
 
 
-def scenarios(data_path: str) -> dict[str, tuple[str | None, dict, str]]:
-    """name -> (config file, overrides, space of the three-stage method)."""
+def scenarios(data_path: str) -> dict[str, tuple[str | None, dict]]:
+    """name -> (config file, overrides); the three-stage method searches the config's own
+    space (the default recipe's, ``search.space: embedded``, in each)."""
     cifar = str(ROOT / "configs" / "cifar10.yaml")
     return {
-        "embedded: red circles": (None, {}, "embedded"),
+        "embedded: red circles": (None, {}),
         "CIFAR-10: airplane subgroup k0 (k-means)": (
-            cifar, {"data.format": "parquet", "data.path": data_path}, "cifar10"),
+            cifar, {"data.format": "parquet", "data.path": data_path}),
         "CIFAR-10: the whole cat class": (
             cifar, {"data.format": "parquet", "data.path": data_path,
                     "scenario.forget_class": "cat", "scenario.forget_subgroup": None,
-                    "scenario.retain_classes": ["dog", "deer", "horse"]}, "cifar10"),
+                    "scenario.retain_classes": ["dog", "deer", "horse"]}),
     }
 
 
@@ -69,13 +70,13 @@ def seeded(cfg, seed: int):
                                            "baseline.seed", "search.seed")})
 
 
-def run_seed(cfg, space_name: str, trials: int, device) -> list[dict]:
+def run_seed(cfg, trials: int, device) -> list[dict]:
     """One seed of one scenario: each method searched, chosen on validation, tested."""
     prepared = prepare(cfg, device, log=lambda m: None)
     base_val = prepared.base_metrics
     target = parse_target(cfg.search.target)
     cache = StageCache()
-    method_space = load_space(space_name, cfg)
+    method_space = load_space(cfg.search.space, cfg)
     base_test, = evaluate_recipes(prepared, cache, [Recipe("base")], "test", device)
     out = []
     for method in METHODS:
@@ -155,8 +156,8 @@ def scenario_table(name: str, runs: dict[int, list[dict]]) -> list[str]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=None,
-                        help="per method and seed (default 8, the embedded search's budget; "
-                             "24 with --full)")
+                        help="per method and seed (default: search.num_trials, the default "
+                             "search's budget; 24 with --full)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--full", action="store_true")
     parser.add_argument("--device", default=None)
@@ -166,7 +167,7 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true",
                         help="print only; leave bench/RESULTS.md and the README alone")
     args = parser.parse_args()
-    trials = args.trials or (24 if args.full else 8)
+    trials = args.trials or (24 if args.full else RunConfig().search.num_trials)
     device = pick_device(args.device)
     start = time.perf_counter()
     header = (f"`python bench/quality.py --trials {trials} --seeds {args.seeds} --scenarios "
@@ -176,14 +177,14 @@ def main() -> None:
     print(header, flush=True)
     lines = [header, ""]
     summary = []
-    for name, (cfg_path, overrides, space_name) in scenarios(args.data).items():
+    for name, (cfg_path, overrides) in scenarios(args.data).items():
         if args.scenarios != "all" and args.scenarios not in name:
             continue
         base_cfg = load_config(cfg_path, overrides)
         runs = {}
         for seed in range(args.seeds):
             t0 = time.perf_counter()
-            runs[seed] = run_seed(seeded(base_cfg, seed), space_name, trials, device)
+            runs[seed] = run_seed(seeded(base_cfg, seed), trials, device)
             print(f"  {name}, seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
         table = scenario_table(name, runs)
         print("\n".join(table), flush=True)

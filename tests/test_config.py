@@ -89,6 +89,18 @@ def test_the_embedded_config_file_is_the_default():
     assert load_config(ROOT / "configs" / "embedded.yaml") == RunConfig()
 
 
+@pytest.mark.parametrize("name", ["cifar10", "cifar10-styles"])
+def test_the_small_clip_ready_configs_run_the_default_recipe(name):
+    # The stage settings and the search space the scenario suite checks, not a recipe of their
+    # own: a user who starts from a ready config gets the defaults.
+    cfg, default = load_config(ROOT / "configs" / f"{name}.yaml"), RunConfig()
+    assert cfg.model.pretrained == "embedded"
+    for section in ("forget", "remind", "restore", "baseline"):
+        assert getattr(cfg, section) == getattr(default, section), section
+    assert cfg.search.space == default.search.space
+    assert cfg.search.num_trials == default.search.num_trials
+
+
 def test_an_unknown_baseline_is_refused_when_the_config_is_built():
     with pytest.raises(ConfigError, match=r"search.baselines\[1\].*'sallun'.*'salun'"):
         load_config(None, {"search.baselines": ["ft", "sallun"]})

@@ -31,7 +31,7 @@ from ray.autoscaler._private.kuberay.autoscaling_config import (
 )
 from ray.autoscaler._private.util import prepare_config, validate_config
 
-from distforget.config import from_dict
+from distforget.config import from_dict, small_clip_settings_note
 
 CLUSTER_DIR = Path(__file__).resolve().parents[2] / "cluster"
 LAUNCHER_FILES = ("aws-gpu.yaml", "gcp-gpu.yaml")
@@ -455,6 +455,8 @@ def test_rayjob_config_is_a_valid_distforget_config_that_fits_the_cluster():
     cfg = from_dict(yaml.safe_load(text))
     # A multi-node cluster needs storage every pod reaches.
     assert cfg.output.storage.split("://")[0] in {"s3", "gs", "gcs"}
+    # open_clip's weights with settings for them, not the small CLIP's learning rates and space.
+    assert cfg.model.pretrained == "openai" and small_clip_settings_note(cfg) is None
 
     # Every Ray Train worker of a trial fits in one GPU pod, so no trial waits forever,
     # and the concurrency is what the cluster holds at full scale.
@@ -476,6 +478,7 @@ def test_readme_example_config_is_valid_and_uses_shared_storage():
     example = next(b for b in blocks if b.startswith("# my.yaml"))
     cfg = from_dict(yaml.safe_load(example))
     assert cfg.output.storage.startswith(("s3://", "gs://"))
+    assert cfg.model.pretrained == "openai" and small_clip_settings_note(cfg) is None
     r = cfg.resources
     # The README's worked arithmetic: 8 one-GPU workers at full scale.
     assert cfg.search.max_concurrent_trials == 8 // (r.workers * int(r.gpus_per_worker))
