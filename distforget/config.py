@@ -361,15 +361,17 @@ class RunConfig:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
 
 
-# The learning rates and the search space that the defaults set for the small CLIP distforget
-# pretrains from scratch (model.pretrained: embedded); see small_clip_settings_note.
-SMALL_CLIP_SETTINGS = ("search.space", "forget.lr", "remind.lr", "baseline.lr")
+# The learning rates, the remind stage's length and the search space that the defaults set for
+# the small CLIP distforget pretrains from scratch (model.pretrained: embedded); see
+# small_clip_settings_note.
+SMALL_CLIP_SETTINGS = ("search.space", "forget.lr", "remind.lr", "remind.epochs", "baseline.lr")
 
 
 def small_clip_settings_note(cfg: RunConfig) -> str | None:
     """A line for the run's log when the model is not one of distforget's small CLIPs (its own
-    architectures, ``model_configs/DF-*.json``) but the learning rates or the search space are
-    still the defaults chosen for them; else None."""
+    architectures, ``model_configs/DF-*.json``) but the learning rates, the remind stage's
+    length or the search space are still the defaults chosen for them
+    (``SMALL_CLIP_SETTINGS``); else None."""
     if cfg.model.pretrained == "embedded" or cfg.model.name.startswith("DF-"):
         return None
     default = RunConfig()
@@ -382,7 +384,8 @@ def small_clip_settings_note(cfg: RunConfig) -> str | None:
             + " chosen for the small CLIP "
             "distforget pretrains from scratch (model.pretrained: embedded); for pretrained "
             "open_clip weights start from the stage settings and search space of "
-            "configs/cifar10-vit-b-32.yaml (search.space=vit-b-32, learning rates near 1e-5)")
+            "configs/cifar10-vit-b-32.yaml (search.space=vit-b-32, learning rates near 1e-5, "
+            "remind.epochs 4)")
 
 
 def _knob(cfg: RunConfig, key: str) -> Any:

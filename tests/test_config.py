@@ -115,6 +115,7 @@ def test_open_clip_weights_with_the_small_clips_learning_rates_get_a_note():
                                                        "forget.lr": 1e-5}))
     assert note is not None and "'openai'" in note
     assert "search.space 'embedded'" in note and "remind.lr 0.0001" in note
+    assert "remind.epochs 32" in note  # the small CLIP's remind length
     assert "forget.lr" not in note  # set by the user, so not named
     assert "configs/cifar10-vit-b-32.yaml" in note
     # The shipped configs for open_clip weights set every one of those settings.
