@@ -19,6 +19,12 @@ time. It writes its section of ``bench/RESULTS.md`` (and the README's summary ta
     python bench/quality.py                          # embedded scenario, 2 CPU cores
     python bench/quality.py --scenarios all          # and the CIFAR-10 ones (needs the CIFAR CLIP)
     python bench/quality.py --full --device cuda     # more trials
+    python bench/quality.py --methods three_stage,neggrad --baseline-trials 128 \
+        --section quality-time                      # baselines at about the method's wall time
+
+Equal trials are the default budget. A three-stage trial trains two stages and costs several
+baseline trials of wall time, so ``--baseline-trials`` gives the baselines more trials (the
+table gives each method's trials and search wall per seed), and ``--methods`` runs a subset.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, replace_section  # noqa: E402
+from bench.common import machine, missing_section, replace_section  # noqa: E402
 from bench.local_search import local_search  # noqa: E402
 from distforget.cli import pick_device  # noqa: E402
 from distforget.config import BASELINES, RunConfig, load_config, replace  # noqa: E402
@@ -70,7 +76,8 @@ def seeded(cfg, seed: int):
                                            "baseline.seed", "search.seed")})
 
 
-def run_seed(cfg, trials: int, device) -> list[dict]:
+def run_seed(cfg, trials: int, device, methods=METHODS, baseline_trials: int | None = None
+             ) -> list[dict]:
     """One seed of one scenario: each method searched, chosen on validation, tested."""
     prepared = prepare(cfg, device, log=lambda m: None)
     base_val = prepared.base_metrics
@@ -79,15 +86,16 @@ def run_seed(cfg, trials: int, device) -> list[dict]:
     method_space = load_space(cfg.search.space, cfg)
     base_test, = evaluate_recipes(prepared, cache, [Recipe("base")], "test", device)
     out = []
-    for method in METHODS:
+    for method in methods:
         space = method_space if method == "three_stage" else \
             load_space(f"baseline-{method}", cfg).with_soups_of(method_space)
+        n = trials if method == "three_stage" else (baseline_trials or trials)
         start = time.perf_counter()
-        rows = local_search(prepared, cfg, space, trials=trials, sampler="tpe",
+        rows = local_search(prepared, cfg, space, trials=n, sampler="tpe",
                             seed=cfg.search.seed, device=device, cache=cache)
         wall = time.perf_counter() - start
         if usable(rows).empty:
-            out.append({"method": method, "failed": True, "wall_s": wall})
+            out.append({"method": method, "failed": True, "wall_s": wall, "trials": n})
             continue
         chosen, why = pick(rows, cfg.search.pick, target=target, base=base_val,
                            sizes=margin_sizes(prepared.scenario.summary(),
@@ -98,7 +106,7 @@ def run_seed(cfg, trials: int, device) -> list[dict]:
         base_t = {m: base_test[as_test(m)] for m in ACCURACIES}
         missed = shortfalls({m: test[as_test(m)] for m in ACCURACIES}, target, base_t)
         out.append({"method": method, "failed": False, "points": len(usable(rows)),
-                    "trials": trials, "wall_s": wall, "val_met": "NOT MET" not in why,
+                    "trials": n, "wall_s": wall, "val_met": "NOT MET" not in why,
                     "test_met": not missed, **{m: chosen[m] for m in ACCURACIES}, **test,
                     **{f"base_{k}": v for k, v in base_t.items()}})
     return out
@@ -118,22 +126,23 @@ def scenario_table(name: str, runs: dict[int, list[dict]]) -> list[str]:
              f"Seeds {', '.join(map(str, seeds))}; each method's point chosen on validation "
              "by `target`; test metrics: mean ± 95% t-interval over the seeds.", "",
              "| method | test forget_acc | test retain_acc | test zeroshot_acc | target met on "
-             "test (seeds) | points per seed | search s per seed |",
-             "| --- | --- | --- | --- | --- | --- | --- |"]
+             "test (seeds) | trials per seed | points per seed | search s per seed |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     base = {m: [runs[s][0][f"base_{m}"] for s in seeds if not runs[s][0]["failed"]]
             for m in ACCURACIES}
     lines.append("| base model | " + " | ".join(interval(base[m]) for m in ACCURACIES)
-                 + " | | | |")
-    for i, method in enumerate(METHODS):
+                 + " | | | | |")
+    for i, first in enumerate(runs[seeds[0]]):
+        method = first["method"]
         rs = [runs[s][i] for s in seeds]
         ok = [r for r in rs if not r["failed"]]
         if not ok:
-            lines.append(f"| {method} | failed | | | | | |")
+            lines.append(f"| {method} | failed | | | | | | |")
             continue
         lines.append(
             f"| {method} | " + " | ".join(interval([r[as_test(m)] for r in ok])
                                           for m in ACCURACIES)
-            + f" | {sum(r['test_met'] for r in ok)}/{len(rs)} | "
+            + f" | {sum(r['test_met'] for r in ok)}/{len(rs)} | {first['trials']} | "
             f"{np.mean([r['points'] for r in ok]):.0f} | "
             f"{np.mean([r['wall_s'] for r in rs]):.0f} |")
     lines.append("")
@@ -164,16 +173,42 @@ def main() -> None:
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
     parser.add_argument("--scenarios", default="embedded",
                         help="'all', or run scenarios whose name contains this")
+    parser.add_argument("--methods", default=",".join(METHODS),
+                        help="comma-separated, from " + ", ".join(METHODS))
+    parser.add_argument("--baseline-trials", type=int, default=None,
+                        help="trials per baseline and seed (default: --trials)")
+    parser.add_argument("--section", default=None,
+                        help="write between this name's markers in bench/RESULTS.md instead "
+                             "of 'quality', and leave the README alone")
     parser.add_argument("--no-write", action="store_true",
                         help="print only; leave bench/RESULTS.md and the README alone")
     args = parser.parse_args()
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown or not methods:
+        parser.error(f"--methods {args.methods!r}: expected names from {', '.join(METHODS)}")
+    if "three_stage" not in methods:
+        parser.error("--methods must include three_stage (the summary and the method's space)")
+    methods = ("three_stage",) + tuple(m for m in methods if m != "three_stage")
+    if args.section and missing_section(ROOT / "bench" / "RESULTS.md", args.section):
+        parser.error(missing_section(ROOT / "bench" / "RESULTS.md", args.section))
     trials = args.trials or (24 if args.full else RunConfig().search.num_trials)
+    baseline_trials = args.baseline_trials or trials
     device = pick_device(args.device)
     start = time.perf_counter()
-    header = (f"`python bench/quality.py --trials {trials} --seeds {args.seeds} --scenarios "
-              f"{args.scenarios}` on {machine()}: {trials} TPE trials per method and seed "
-              "(equal budgets; baselines searched over their own spaces with the method's "
-              "soups), validation chooses, test reports.")
+    command = (f"python bench/quality.py --trials {trials} --seeds {args.seeds} --scenarios "
+               f"{args.scenarios}")
+    if methods != METHODS:
+        command += f" --methods {','.join(methods)}"
+    if baseline_trials != trials:
+        command += f" --baseline-trials {baseline_trials}"
+        budget = (f"{trials} TPE trials for the three-stage method and {baseline_trials} per "
+                  "baseline, per seed (baselines searched over their own spaces with the "
+                  "method's soups)")
+    else:
+        budget = (f"{trials} TPE trials per method and seed (equal budgets; baselines searched "
+                  "over their own spaces with the method's soups)")
+    header = f"`{command}` on {machine()}: {budget}, validation chooses, test reports."
     print(header, flush=True)
     lines = [header, ""]
     summary = []
@@ -184,7 +219,8 @@ def main() -> None:
         runs = {}
         for seed in range(args.seeds):
             t0 = time.perf_counter()
-            runs[seed] = run_seed(seeded(base_cfg, seed), trials, device)
+            runs[seed] = run_seed(seeded(base_cfg, seed), trials, device, methods,
+                                  baseline_trials)
             print(f"  {name}, seed {seed}: {time.perf_counter() - t0:.0f} s", flush=True)
         table = scenario_table(name, runs)
         print("\n".join(table), flush=True)
@@ -195,7 +231,9 @@ def main() -> None:
             + f" | {sum(r['test_met'] for r in three)}/{len(runs)} |")
     lines.append(f"Wall time: {time.perf_counter() - start:.0f} s.")
     print(lines[-1])
-    if not args.no_write:
+    if args.section and not args.no_write:
+        replace_section(ROOT / "bench" / "RESULTS.md", args.section, "\n".join(lines))
+    elif not args.no_write:
         replace_section(ROOT / "bench" / "RESULTS.md", "quality", "\n".join(lines))
         replace_section(ROOT / "README.md", "quality", "\n".join([
             "| scenario | three-stage test F / R / Z (mean ± 95% t-interval, "
