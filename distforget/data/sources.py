@@ -158,8 +158,9 @@ def decode_cached(blobs: Sequence[bytes] | Callable[[int], bytes], sources: Sequ
     ``blobs`` is a sequence of encoded images or a function from row number to bytes (so large
     folders are read lazily, and not at all on a cache hit). ``size`` is an int (or None: the
     native size) or a ``StoredSize``. When the native sizes differ and a fallback size is set,
-    the images already read are decoded again at that size in the same call, and a note beside
-    the cache remembers it, so later loads go straight to the fallback's cache.
+    the native pass stops at the first image out of line and decoding starts again at that size
+    in the same call (the source is hashed once); a note beside the cache remembers it, so later
+    loads go straight to the fallback's cache.
     """
     want = size if isinstance(size, StoredSize) else StoredSize(size)
     key = hashlib.sha256(("\n".join(shas) + f"\nsize={want.size}").encode()).hexdigest()
