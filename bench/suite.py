@@ -72,6 +72,7 @@ SCENARIOS = {  # name -> (title, manifest the config reads, command that builds 
 CHECKS = {
     "check-automobile-cartoon": ("check: automobile cartoons", *STYLES),
     "check-deer-grayscale": ("check: deer grayscale", *STYLES),
+    "check-bird-painting": ("check: bird paintings", *STYLES),
 }
 KNOWN = {**SCENARIOS, **CHECKS}
 ACCURACIES = ("forget_acc", "retain_acc", "zeroshot_acc")
