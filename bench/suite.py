@@ -27,8 +27,8 @@ added by a later call without that flag (the search is kept).
     python bench/suite.py --smoke        # embedded only, 2 trials, 1 seed, no baselines
     python bench/suite.py --scenarios embedded,cifar10-hierarchy --seeds 1
     python bench/suite.py --no-run       # the tables from the finished runs only
-    python bench/suite.py --scenarios check-automobile-cartoon,check-deer-grayscale,\
-check-bird-painting --no-retrain
+    python bench/suite.py --scenarios check-automobile-cartoon,check-deer-grayscale --no-retrain
+    python bench/suite.py --scenarios check-bird-painting --no-retrain   # the third check
     python bench/suite.py --scenarios cifar10-cat --seed 1 --seed 2 --no-retrain  # beside a call
         # on --seed 0 with the same --storage: two streams on two cores; a last call without
         # --no-retrain adds the retrain reference to seeds 1 and 2
