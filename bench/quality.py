@@ -183,6 +183,10 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true",
                         help="print only; leave bench/RESULTS.md and the README alone")
     args = parser.parse_args()
+    for flag, value in (("--seeds", args.seeds), ("--trials", args.trials),
+                        ("--baseline-trials", args.baseline_trials)):
+        if value is not None and value < 1:
+            parser.error(f"{flag} {value}: expected a whole number of at least 1")
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -190,8 +194,14 @@ def main() -> None:
     if "three_stage" not in methods:
         parser.error("--methods must include three_stage (the summary and the method's space)")
     methods = ("three_stage",) + tuple(m for m in methods if m != "three_stage")
-    if args.section and missing_section(ROOT / "bench" / "RESULTS.md", args.section):
-        parser.error(missing_section(ROOT / "bench" / "RESULTS.md", args.section))
+    # Where the tables go, checked before any work: a section of bench/RESULTS.md, and with the
+    # default section the README's summary too.
+    section = args.section or "quality"
+    targets = [] if args.no_write else [ROOT / "bench" / "RESULTS.md"] + (
+        [] if args.section else [ROOT / "README.md"])
+    for path in targets:
+        if missing_section(path, section):
+            parser.error(missing_section(path, section))
     trials = args.trials or (24 if args.full else RunConfig().search.num_trials)
     baseline_trials = args.baseline_trials or trials
     device = pick_device(args.device)
@@ -200,15 +210,13 @@ def main() -> None:
                f"{args.scenarios}")
     if methods != METHODS:
         command += f" --methods {','.join(methods)}"
+    budget = f"{trials} TPE trials per method and seed (equal budgets; "
     if baseline_trials != trials:
         command += f" --baseline-trials {baseline_trials}"
         budget = (f"{trials} TPE trials for the three-stage method and {baseline_trials} per "
-                  "baseline, per seed (baselines searched over their own spaces with the "
-                  "method's soups)")
-    else:
-        budget = (f"{trials} TPE trials per method and seed (equal budgets; baselines searched "
-                  "over their own spaces with the method's soups)")
-    header = f"`{command}` on {machine()}: {budget}, validation chooses, test reports."
+                  "baseline, per seed (")
+    header = (f"`{command}` on {machine()}: {budget}baselines searched over their own spaces "
+              "with the method's soups), validation chooses, test reports.")
     print(header, flush=True)
     lines = [header, ""]
     summary = []
@@ -231,11 +239,10 @@ def main() -> None:
             + f" | {sum(r['test_met'] for r in three)}/{len(runs)} |")
     lines.append(f"Wall time: {time.perf_counter() - start:.0f} s.")
     print(lines[-1])
-    if args.section and not args.no_write:
-        replace_section(ROOT / "bench" / "RESULTS.md", args.section, "\n".join(lines))
-    elif not args.no_write:
-        replace_section(ROOT / "bench" / "RESULTS.md", "quality", "\n".join(lines))
-        replace_section(ROOT / "README.md", "quality", "\n".join([
+    if targets:
+        replace_section(ROOT / "bench" / "RESULTS.md", section, "\n".join(lines))
+    if len(targets) == 2:
+        replace_section(ROOT / "README.md", section, "\n".join([
             "| scenario | three-stage test F / R / Z (mean ± 95% t-interval, "
             f"{args.seeds} seeds) | target met on test |", "| --- | --- | --- |", *summary]))
 
