@@ -17,10 +17,17 @@ The table gives, per method, the mean of the chosen points' test metrics over th
 time. It writes its section of ``bench/RESULTS.md`` (and the README's summary table) itself.
 
     python bench/quality.py                          # embedded scenario, 2 CPU cores
-    python bench/quality.py --scenarios all          # and the CIFAR-10 ones (needs the CIFAR CLIP)
+    python bench/quality.py --scenarios all          # every suite scenario (CIFAR-10 ones too)
+    python bench/quality.py --scenarios cifar10-styles --section quality-styles
     python bench/quality.py --full --device cuda     # more trials
     python bench/quality.py --methods three_stage,neggrad --baseline-trials 128 \
         --section quality-time                      # baselines at about the method's wall time
+
+Scenarios are the suite's (``bench/suite.py``): ``--scenarios`` names them, comma-separated,
+from ``configs/suite/`` and ``configs/check/`` (a check scenario compares the methods on data no
+default was chosen on); each config sets only data, scenario, model, pretrain and output keys, so
+every method runs at the package's defaults. A manifest the config reads is built first by the
+suite's documented command where it is missing.
 
 Equal trials are the default budget. A three-stage trial trains two stages and costs several
 baseline trials of wall time, so ``--baseline-trials`` gives the baselines more trials (the
@@ -32,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -42,6 +50,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, missing_section, replace_section  # noqa: E402
 from bench.local_search import local_search  # noqa: E402
+from bench.suite import KNOWN, SCENARIOS, config_path, ensure_data  # noqa: E402
 from distforget.cli import pick_device  # noqa: E402
 from distforget.config import BASELINES, RunConfig, load_config, replace  # noqa: E402
 from distforget.objectives import (ACCURACIES, as_test, parse_target, shortfalls,  # noqa: E402
@@ -55,19 +64,17 @@ METHODS = ("three_stage", *BASELINES)
 T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571}  # t(0.975, n-1) by n-1
 
 
-def scenarios(data_path: str) -> dict[str, tuple[str | None, dict]]:
-    """name -> (config file, overrides); the three-stage method searches the config's own
-    space (the default recipe's, ``search.space: embedded``, in each)."""
-    cifar = str(ROOT / "configs" / "cifar10.yaml")
-    return {
-        "embedded: red circles": (None, {}),
-        "CIFAR-10: airplane subgroup k0 (k-means)": (
-            cifar, {"data.format": "parquet", "data.path": data_path}),
-        "CIFAR-10: the whole cat class": (
-            cifar, {"data.format": "parquet", "data.path": data_path,
-                    "scenario.forget_class": "cat", "scenario.forget_subgroup": None,
-                    "scenario.retain_classes": ["dog", "deer", "horse"]}),
-    }
+def chosen_scenarios(names: str) -> list[str]:
+    """``--scenarios``: 'all' (the suite's scenarios), or suite or check names, comma-separated;
+    an unknown name is refused with the known ones."""
+    if names == "all":
+        return list(SCENARIOS)
+    chosen = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in chosen if n not in KNOWN]
+    if unknown or not chosen:
+        raise ValueError(f"--scenarios {names!r}: expected 'all' or names from "
+                         f"{', '.join(KNOWN)}")
+    return chosen
 
 
 def seeded(cfg, seed: int):
@@ -170,9 +177,9 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--full", action="store_true")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "cifar10"))
     parser.add_argument("--scenarios", default="embedded",
-                        help="'all', or run scenarios whose name contains this")
+                        help="'all' (the suite's scenarios), or names from configs/suite/ and "
+                             "configs/check/, comma-separated")
     parser.add_argument("--methods", default=",".join(METHODS),
                         help="comma-separated, from " + ", ".join(METHODS))
     parser.add_argument("--baseline-trials", type=int, default=None,
@@ -183,10 +190,15 @@ def main() -> None:
     parser.add_argument("--no-write", action="store_true",
                         help="print only; leave bench/RESULTS.md and the README alone")
     args = parser.parse_args()
+    os.chdir(ROOT)  # the suite's configs name their data relative to the project's root
     for flag, value in (("--seeds", args.seeds), ("--trials", args.trials),
                         ("--baseline-trials", args.baseline_trials)):
         if value is not None and value < 1:
             parser.error(f"{flag} {value}: expected a whole number of at least 1")
+    try:
+        names = chosen_scenarios(args.scenarios)
+    except ValueError as err:
+        parser.error(str(err))
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
     unknown = [m for m in methods if m not in METHODS]
     if unknown or not methods:
@@ -220,10 +232,12 @@ def main() -> None:
     print(header, flush=True)
     lines = [header, ""]
     summary = []
-    for name, (cfg_path, overrides) in scenarios(args.data).items():
-        if args.scenarios != "all" and args.scenarios not in name:
-            continue
-        base_cfg = load_config(cfg_path, overrides)
+    for scenario in names:
+        ensure_data(scenario)
+        name = KNOWN[scenario][0]
+        # The suite config's own storage and name; the search here runs in-process and writes
+        # no run folder.
+        base_cfg = load_config(str(config_path(scenario)))
         runs = {}
         for seed in range(args.seeds):
             t0 = time.perf_counter()
