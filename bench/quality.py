@@ -14,12 +14,14 @@ validation and which test, and the k-means subgroups), every stage seed and the 
 The table gives, per method, the mean of the chosen points' test metrics over the seeds with a
 95% t-interval (t(0.975, n-1) * sd / sqrt(n)), on how many seeds the target holds on test
 (thresholds against the base model's test metrics), the points evaluated and the search wall
-time. It writes its section of ``bench/RESULTS.md`` (and the README's summary table) itself.
+time; then the three-stage method minus each baseline paired by seed (every method of a seed
+sees the same splits and images), mean ± 95% t-interval of the per-seed differences. It writes its section of ``bench/RESULTS.md`` (and the README's summary table) itself.
 
     python bench/quality.py                          # embedded scenario, 2 CPU cores
     python bench/quality.py --scenarios all          # every suite scenario (CIFAR-10 ones too)
     python bench/quality.py --scenarios cifar10-styles --section quality-styles
     python bench/quality.py --full --device cuda     # more trials
+    python bench/quality.py --paired quality-styles  # paired tables of a written section
     python bench/quality.py --methods three_stage,neggrad --baseline-trials 128 \
         --section quality-time                      # baselines at about the method's wall time
 
@@ -127,6 +129,72 @@ def interval(values: list[float]) -> str:
     return f"{v.mean():.3f} ± {half:.3f}"
 
 
+PAIRED = ("Three-stage minus each baseline, paired by seed (the same splits and images): mean "
+          "± 95% t-interval of the per-seed difference of test values; an interval that "
+          "holds 0 does not tell the two apart.")
+
+
+def paired_table(tests: dict[int, dict[str, dict[str, float]]]) -> list[str]:
+    """``tests``: seed -> method -> test accuracy name -> value. The three-stage method minus
+    each baseline on the seeds where both have a point: the comparison a shared seed allows
+    (its split and images are the same for every method), narrower than the two methods'
+    own intervals when the seeds move both alike."""
+    methods = [m for m in dict.fromkeys(k for per in tests.values() for k in per)
+               if m != "three_stage"]
+    lines = [PAIRED, "", "| baseline | seeds | forget_acc | retain_acc | zeroshot_acc |",
+             "| --- | --- | --- | --- | --- |"]
+    for method in methods:
+        seeds = [s for s, per in sorted(tests.items()) if "three_stage" in per and method in per]
+        if not seeds:
+            continue
+        lines.append(f"| {method} | {len(seeds)} | " + " | ".join(
+            interval([tests[s]["three_stage"][m] - tests[s][method][m] for s in seeds])
+            for m in (as_test(a) for a in ACCURACIES)) + " |")
+    return lines + [""]
+
+
+def read_seed_rows(section: str) -> dict[str, dict[int, dict[str, dict[str, float]]]]:
+    """The per-seed test values of a written section, by scenario heading (``### ...``), as
+    ``paired_table`` takes them: the figures the tables printed, to three decimals."""
+    out: dict[str, dict[int, dict[str, dict[str, float]]]] = {}
+    heading = None
+    for line in section.splitlines():
+        if line.startswith("### "):
+            heading = line[4:].strip()
+            continue
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if heading is None or len(cells) != 7 or not cells[0].isdigit():
+            continue
+        values = [float(c.split()[0]) for c in cells[3:6]]
+        out.setdefault(heading, {}).setdefault(int(cells[0]), {})[cells[1]] = dict(
+            zip((as_test(a) for a in ACCURACIES), values))
+    return out
+
+
+def with_paired_tables(section: str) -> str:
+    """The section with each scenario's paired table (after its per-seed block) made anew from
+    its per-seed rows; an earlier paired table is replaced, nothing else changes."""
+    rows = read_seed_rows(section)
+    lines = section.splitlines()
+    out, heading, i = [], None, 0
+    while i < len(lines):
+        line = lines[i]
+        i += 1
+        if line == PAIRED:  # an earlier paired block: its sentence, a blank line, its rows
+            if out and not out[-1].strip():
+                out.pop()
+            i += 1 if i < len(lines) and not lines[i].strip() else 0
+            while i < len(lines) and lines[i].startswith("|"):
+                i += 1
+            continue
+        out.append(line)
+        if line.startswith("### "):
+            heading = line[4:].strip()
+        elif line.strip() == "</details>" and heading in rows:
+            out += ["", *paired_table(rows[heading])[:-1]]
+    return "\n".join(out)
+
+
 def scenario_table(name: str, runs: dict[int, list[dict]]) -> list[str]:
     seeds = sorted(runs)
     lines = [f"### {name}", "",
@@ -165,8 +233,10 @@ def scenario_table(name: str, runs: dict[int, list[dict]]) -> list[str]:
                     f"{r[as_test(m)]:.3f} [{r[as_test(m) + '_lo']:.3f}, "
                     f"{r[as_test(m) + '_hi']:.3f}]" for m in ACCURACIES)
                 + f" | {'met' if r['test_met'] else 'missed'} |")
+    tests = {s: {r["method"]: {as_test(m): r[as_test(m)] for m in ACCURACIES}
+                 for r in runs[s] if not r["failed"]} for s in seeds}
     return lines + ["<details><summary>per seed</summary>", "", *per_seed, "", "</details>",
-                    ""]
+                    "", *paired_table(tests)]
 
 
 def main() -> None:
@@ -189,8 +259,24 @@ def main() -> None:
                              "of 'quality', and leave the README alone")
     parser.add_argument("--no-write", action="store_true",
                         help="print only; leave bench/RESULTS.md and the README alone")
+    parser.add_argument("--paired", metavar="SECTION", default=None,
+                        help="run nothing: add (or make anew) the paired tables in this "
+                             "written section of bench/RESULTS.md from its per-seed rows")
     args = parser.parse_args()
     os.chdir(ROOT)  # the suite's configs name their data relative to the project's root
+    if args.paired:
+        results = ROOT / "bench" / "RESULTS.md"
+        if missing_section(results, args.paired):
+            parser.error(missing_section(results, args.paired))
+        begin, end = (f"<!-- {args.paired}:{e} -->" for e in ("begin", "end"))
+        body = results.read_text().split(begin, 1)[1].split(end, 1)[0].strip("\n")
+        if not read_seed_rows(body):
+            parser.error(f"--paired {args.paired}: its section holds no per-seed rows")
+        body = with_paired_tables(body)
+        print(body)
+        if not args.no_write:
+            replace_section(results, args.paired, body)
+        return
     for flag, value in (("--seeds", args.seeds), ("--trials", args.trials),
                         ("--baseline-trials", args.baseline_trials)):
         if value is not None and value < 1:
