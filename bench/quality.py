@@ -15,7 +15,8 @@ The table gives, per method, the mean of the chosen points' test metrics over th
 95% t-interval (t(0.975, n-1) * sd / sqrt(n)), on how many seeds the target holds on test
 (thresholds against the base model's test metrics), the points evaluated and the search wall
 time; then the three-stage method minus each baseline paired by seed (every method of a seed
-sees the same splits and images), mean ± 95% t-interval of the per-seed differences. It writes its section of ``bench/RESULTS.md`` (and the README's summary table) itself.
+sees the same splits and images), mean ± 95% t-interval of the per-seed differences. It
+writes its section of ``bench/RESULTS.md`` (and the README's summary table) itself.
 
     python bench/quality.py                          # embedded scenario, 2 CPU cores
     python bench/quality.py --scenarios all          # every suite scenario (CIFAR-10 ones too)
