@@ -97,11 +97,23 @@ def replace_section(path: Path, name: str, body: str) -> None:
     """Put ``body`` between the markers ``<!-- NAME:begin -->`` and ``<!-- NAME:end -->`` of a
     Markdown file (a benchmark writes its own figures; nothing is typed by hand); refused, with
     the file untouched, unless each marker appears once and in order (``missing_section``)."""
+    head, _, tail = _split_section(path, name)
+    Path(path).write_text(f"{head}{body}{tail}")
+
+
+def read_section(path: Path, name: str) -> str:
+    """What a benchmark wrote between the markers ``<!-- NAME:begin/end -->``; refused as
+    ``replace_section`` refuses."""
+    return _split_section(path, name)[1]
+
+
+def _split_section(path: Path, name: str) -> tuple[str, str, str]:
+    """(text up to and with the begin marker and its newline, the body, the newline and end
+    marker and everything after it)."""
     problem = missing_section(path, name)
     if problem:
         raise SystemExit(problem)
     begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
-    text = Path(path).read_text()
-    head, rest = text.split(begin, 1)
-    _, tail = rest.split(end, 1)
-    Path(path).write_text(f"{head}{begin}\n{body}\n{end}{tail}")
+    head, rest = Path(path).read_text().split(begin, 1)
+    body, tail = rest.split(end, 1)
+    return f"{head}{begin}\n", body.strip("\n"), f"\n{end}{tail}"

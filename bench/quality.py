@@ -51,7 +51,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, missing_section, replace_section  # noqa: E402
+from bench.common import (machine, missing_section, read_section,  # noqa: E402
+                          replace_section)
 from bench.local_search import local_search  # noqa: E402
 from bench.suite import KNOWN, SCENARIOS, config_path, ensure_data  # noqa: E402
 from distforget.cli import pick_device  # noqa: E402
@@ -269,8 +270,7 @@ def main() -> None:
         results = ROOT / "bench" / "RESULTS.md"
         if missing_section(results, args.paired):
             parser.error(missing_section(results, args.paired))
-        begin, end = (f"<!-- {args.paired}:{e} -->" for e in ("begin", "end"))
-        body = results.read_text().split(begin, 1)[1].split(end, 1)[0].strip("\n")
+        body = read_section(results, args.paired)
         if not read_seed_rows(body):
             parser.error(f"--paired {args.paired}: its section holds no per-seed rows")
         body = with_paired_tables(body)
