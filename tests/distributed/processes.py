@@ -55,6 +55,22 @@ def tree(pid: int) -> list[psutil.Process]:
         return []
 
 
+def kill_tree(pid: int) -> list[psutil.Process]:
+    """SIGKILL a process and then every descendant, collected first (once the process is gone
+    they leave its tree), as when the machine under them goes down. Returns the descendants."""
+    procs = tree(pid)
+    _kill(procs)
+    return procs[1:]
+
+
+def _kill(procs: list[psutil.Process]) -> None:
+    for p in procs:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+
+
 def stop_tree(pid: int, timeout: float = 20) -> list[psutil.Process]:
     """Stop a process and every descendant (collected first, so orphans are not missed):
     SIGTERM, then SIGKILL after ``timeout`` s. Returns the processes still running."""
@@ -65,11 +81,7 @@ def stop_tree(pid: int, timeout: float = 20) -> list[psutil.Process]:
         except psutil.NoSuchProcess:
             pass
     _, alive = psutil.wait_procs(procs, timeout=timeout)
-    for p in alive:
-        try:
-            p.kill()
-        except psutil.NoSuchProcess:
-            pass
+    _kill(alive)
     psutil.wait_procs(alive, timeout=10)
     left = []
     for p in procs:

@@ -20,14 +20,11 @@ mount a real cluster would share. Written against behaviour (what the search lea
 not against how a trial runs its stages.
 """
 
-import os
-import signal
-
 import pandas as pd
 import pytest
 
 from tests.distributed.fake_cluster import HEAD_NODE_ID, FakeCluster
-from tests.distributed.processes import psutil, stop_tree, tree, wait_for
+from tests.distributed.processes import kill_tree, psutil, stop_tree, wait_for
 from tests.factories import SEARCHABLE
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
@@ -80,13 +77,7 @@ def test_a_worker_node_lost_mid_search_retries_its_trial_on_a_live_node(tmp_path
             # The node goes down whole: its raylet first, then every process it started
             # (workers, agents), which would otherwise leave the head's process tree and run
             # on. Kept to make sure they are gone at the end.
-            orphans = tree(pid)[1:]
-            os.kill(pid, signal.SIGKILL)
-            for p in orphans:
-                try:
-                    p.kill()
-                except psutil.NoSuchProcess:
-                    pass
+            orphans = kill_tree(pid)
             wait_for(lambda: driver.poll() is not None, 480, "the search after the node loss")
         finally:
             if driver.poll() is None:
@@ -97,9 +88,6 @@ def test_a_worker_node_lost_mid_search_retries_its_trial_on_a_live_node(tmp_path
         left = cluster.stop()
         # The lost node's processes, killed with it, are checked here by their process
         # objects (is_running() also checks that a pid was not reused).
-        for p in orphans:
-            if p.is_running():
-                p.kill()
         psutil.wait_procs(orphans, timeout=10)
         left += [p for p in orphans if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert not left, f"processes of the cluster still running: {left}"
