@@ -5,8 +5,9 @@ keys, so the stage knobs and the search space are the package defaults): the emb
 CIFAR-10 as a class hierarchy (forget animal/dog); a CIFAR-10 k-means subgroup (airplane k0);
 the whole CIFAR-10 cat class; style subgroups (sketches of airplanes). Check scenarios
 (``configs/check/*.yaml``, named in ``--scenarios``; not in the default suite) are labelled
-style subgroups drawn at random after the defaults were fixed (each config says how), and never
-used to choose anything: they say whether the defaults carry to data nobody tuned on. Each
+style subgroups and a second CIFAR-10 hierarchy (vehicle/automobile), drawn at random after the
+defaults were fixed (each config says how), and never used to choose anything: they say whether
+the defaults carry to data nobody tuned on. Each
 runs as a separate ``python -m distforget.search --config ... scenario.seed=S search.seed=S
 <stage>.seed=S output.storage=... output.name=<scenario>-s<S>`` process (the default budget unless
 ``--num-trials``), and, where the base model is distforget's own, ``python -m
@@ -29,6 +30,7 @@ added by a later call without that flag (the search is kept).
     python bench/suite.py --no-run       # the tables from the finished runs only
     python bench/suite.py --scenarios check-automobile-cartoon,check-deer-grayscale --no-retrain
     python bench/suite.py --scenarios check-bird-painting --no-retrain   # the third check
+    python bench/suite.py --scenarios check-vehicle-automobile   # the hierarchy check
     python bench/suite.py --scenarios cifar10-cat --seed 1 --seed 2 --no-retrain  # beside a call
         # on --seed 0 with the same --storage: two streams on two cores; a last call without
         # --no-retrain adds the retrain reference to seeds 1 and 2
@@ -74,6 +76,12 @@ CHECKS = {
     "check-automobile-cartoon": ("check: automobile cartoons", *STYLES),
     "check-deer-grayscale": ("check: deer grayscale", *STYLES),
     "check-bird-painting": ("check: bird paintings", *STYLES),
+    "check-vehicle-automobile": ("check: vehicle/automobile", "data/cifar10-vehicles.parquet",
+                                 ["-m", "distforget.data.hierarchy", "--input",
+                                  "../shared/data/cifar10", "--out",
+                                  "data/cifar10-vehicles.parquet", "--group",
+                                  "vehicle=airplane,automobile,ship,truck", "--per-class", "1000",
+                                  "--seed", "0"]),
 }
 KNOWN = {**SCENARIOS, **CHECKS}
 ACCURACIES = ("forget_acc", "retain_acc", "zeroshot_acc")
