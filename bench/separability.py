@@ -26,8 +26,11 @@ retain images the *base* model classifies correctly.
     python bench/separability.py                          # the embedded default
     python bench/separability.py - configs/suite/cifar10-hierarchy.yaml --seeds 3
     python bench/separability.py configs/suite/cifar10-hierarchy.yaml --finetune 15
+    python bench/separability.py configs/check/check-vehicle-automobile.yaml --section NAME
 
-Figures go into bench/RESULTS.md's separability section (``--no-write``: print only).
+Figures go into bench/RESULTS.md's separability section, or its ``separability-finetune``
+section with ``--finetune``, or between the markers that ``--section NAME`` names (checked
+before any work; ``--no-write``: print only).
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ import torch.nn.functional as F
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from bench.common import machine, replace_section  # noqa: E402
+from bench.common import machine, missing_section, replace_section  # noqa: E402
 from distforget.config import load_config  # noqa: E402
 from distforget.evaluate import image_features, zero_shot_logits  # noqa: E402
 from distforget.prepare import prepare  # noqa: E402
@@ -156,7 +159,7 @@ def measure(config: str | None, seed: int, finetune: int = 0) -> dict:
             "n_test": f"{len(prepared.split('test_forget').indices)}/{len(retain.indices)}"}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("configs", nargs="*", default=["-"],
                         help="scenario configs; - is the embedded default (the default)")
@@ -166,7 +169,15 @@ def main() -> None:
                              "(0: a probe on the frozen base features)")
     parser.add_argument("--no-write", dest="write", action="store_false")
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
-    args = parser.parse_args()
+    parser.add_argument("--section", metavar="NAME",
+                        help="write between the markers <!-- NAME:begin/end --> of the results "
+                             "file (default: separability, or separability-finetune with "
+                             "--finetune)")
+    args = parser.parse_args(argv)
+    section = args.section or ("separability-finetune" if args.finetune else "separability")
+    problem = args.write and missing_section(Path(args.results), section)
+    if problem:  # said before any work
+        parser.error(f"--section {section!r}: {problem}")
     torch.manual_seed(0)
     rows = []
     for config in args.configs:
@@ -186,14 +197,14 @@ def main() -> None:
     if args.write:
         command = " ".join(["python bench/separability.py", *args.configs,
                             f"--seeds {args.seeds}",
-                            *([f"--finetune {args.finetune}"] if args.finetune else [])])
+                            *([f"--finetune {args.finetune}"] if args.finetune else []),
+                            *([f"--section {args.section}"] if args.section else [])])
         body = (f"`{command}` ({date.today()}; {machine()}). Test split; "
                 f"the threshold flags {FLAGGED:.0%} of the validation forget images. "
                 "`reachable` = test retain images the base model classifies correctly and the "
                 "rule keeps (min and max over seeds); `target_retain_acc` = 0.9 x base retain "
                 f"accuracy on validation (mean over seeds).\n\n{text}\n\nPer seed:\n\n"
                 f"{markdown_table(table, list(table.columns))}\n")
-        section = "separability-finetune" if args.finetune else "separability"
         replace_section(Path(args.results), section, body)
 
 

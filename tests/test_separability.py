@@ -1,5 +1,6 @@
 """bench/separability.py's probes: on frozen base features, and trained with the whole tower."""
 
+import pytest
 import torch
 
 from bench.separability import finetune_probe, fit_probe
@@ -35,3 +36,20 @@ def test_the_finetuned_probe_trains_every_layer_of_the_tower(tiny_prepared, cpu)
     retain = scores(tiny_prepared, visual, probe, "retain_train")
     # Trained to tell them apart: the training forget images score above the retained ones.
     assert forget.mean() > retain.mean()
+
+
+def test_a_missing_section_is_refused_before_any_scenario_is_prepared(tmp_path, capsys):
+    from bench.separability import main
+
+    results = tmp_path / "RESULTS.md"
+    results.write_text("# results\n<!-- separability:begin -->\n<!-- separability:end -->\n")
+    before = results.read_text()
+    # The config does not exist: preparing it would fail otherwise than with a usage error.
+    with pytest.raises(SystemExit):
+        main([str(tmp_path / "none.yaml"), "--section", "vehicle", "--results", str(results)])
+    err = capsys.readouterr().err
+    assert "--section 'vehicle'" in err and "<!-- vehicle:begin -->" in err
+    assert results.read_text() == before
+    with pytest.raises(SystemExit):  # --finetune's default section is its own
+        main([str(tmp_path / "none.yaml"), "--finetune", "1", "--results", str(results)])
+    assert "--section 'separability-finetune'" in capsys.readouterr().err
