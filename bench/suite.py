@@ -7,10 +7,9 @@ the whole CIFAR-10 cat class; style subgroups (sketches of airplanes). Check sce
 (``configs/check/*.yaml``, named in ``--scenarios``; not in the default suite) are labelled
 style subgroups and a second CIFAR-10 hierarchy (vehicle/automobile), drawn at random after the
 defaults were fixed (each config says how), and never used to choose anything: they say whether
-the defaults carry to data nobody tuned on. Each
-runs as a separate ``python -m distforget.search --config ... scenario.seed=S search.seed=S
-<stage>.seed=S output.storage=... output.name=<scenario>-s<S>`` process (the default budget unless
-``--num-trials``), and, where the base model is distforget's own, ``python -m
+the defaults carry to data nobody tuned on. Each runs as a separate ``python -m
+distforget.search --config ... scenario.seed=S search.seed=S <stage>.seed=S output.storage=...
+output.name=<scenario>-s<S>`` process (the default budget unless ``--num-trials``), and, where the base model is distforget's own, ``python -m
 distforget.unlearn --method retrain`` with the same overrides for the retrain reference.
 
 Per scenario it prints the chosen point's metrics (``best/distforget.json``) over the seeds:
