@@ -9,8 +9,9 @@ style subgroups and a second CIFAR-10 hierarchy (vehicle/automobile), drawn at r
 defaults were fixed (each config says how), and never used to choose anything: they say whether
 the defaults carry to data nobody tuned on. Each runs as a separate ``python -m
 distforget.search --config ... scenario.seed=S search.seed=S <stage>.seed=S output.storage=...
-output.name=<scenario>-s<S>`` process (the default budget unless ``--num-trials``), and, where the base model is distforget's own, ``python -m
-distforget.unlearn --method retrain`` with the same overrides for the retrain reference.
+output.name=<scenario>-s<S>`` process (the default budget unless ``--num-trials``), and, where
+the base model is distforget's own, ``python -m distforget.unlearn --method retrain`` with the
+same overrides for the retrain reference.
 
 Per scenario it prints the chosen point's metrics (``best/distforget.json``) over the seeds:
 test values with their 95% intervals (``test_<name>``, ``_lo``/``_hi``) where the run has them,
