@@ -27,6 +27,7 @@ retain images the *base* model classifies correctly.
     python bench/separability.py - configs/suite/cifar10-hierarchy.yaml --seeds 3
     python bench/separability.py configs/suite/cifar10-hierarchy.yaml --finetune 15
     python bench/separability.py configs/check/check-vehicle-automobile.yaml --section NAME
+    python bench/separability.py CONFIG --set pretrain.epochs=30 --section NAME  # a variant
 
 Figures go into bench/RESULTS.md's separability section, or its ``separability-finetune``
 section with ``--finetune``, or between the markers that ``--section NAME`` names (checked
@@ -50,7 +51,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.common import machine, missing_section, replace_section  # noqa: E402
-from distforget.config import load_config  # noqa: E402
+from distforget.config import load_config, parse_overrides  # noqa: E402
+from distforget.errors import ConfigError  # noqa: E402
 from distforget.evaluate import image_features, zero_shot_logits  # noqa: E402
 from distforget.prepare import prepare  # noqa: E402
 from distforget.report import markdown_table  # noqa: E402
@@ -115,8 +117,9 @@ def finetune_probe(visual: torch.nn.Module, prepared, prep, epochs: int, seed: i
     return prepared.logit_scale * w.detach(), b.detach()
 
 
-def measure(config: str | None, seed: int, finetune: int = 0) -> dict:
-    cfg = load_config(config, {"scenario.seed": seed})
+def measure(config: str | None, seed: int, finetune: int = 0,
+            overrides: dict | None = None) -> dict:
+    cfg = load_config(config, {**(overrides or {}), "scenario.seed": seed})
     device = torch.device("cpu")
     prepared = prepare(cfg, device, log=lambda m: None)
     prep = prepared.preprocess(device)
@@ -146,7 +149,9 @@ def measure(config: str | None, seed: int, finetune: int = 0) -> dict:
                                                      >= threshold).float().mean())}
 
     frozen = rule(base_visual)
-    row = {"scenario": Path(config).stem if config else "embedded", "seed": seed}
+    label = " ".join([Path(config).stem if config else "embedded",
+                      *(f"{k}={v}" for k, v in (overrides or {}).items())])
+    row = {"scenario": label, "seed": seed}
     if finetune:
         visual = prepared.model().visual
         row.update(rule(visual, finetune_probe(visual, prepared, prep, finetune, seed)))
@@ -169,6 +174,10 @@ def main(argv: list[str] | None = None) -> None:
                              "(0: a probe on the frozen base features)")
     parser.add_argument("--no-write", dest="write", action="store_false")
     parser.add_argument("--results", default=str(ROOT / "bench" / "RESULTS.md"))
+    parser.add_argument("--set", dest="overrides", action="append", default=[],
+                        metavar="KEY=VALUE",
+                        help="a config override for every scenario (repeatable), e.g. "
+                             "pretrain.epochs=30; the table names it beside the scenario")
     parser.add_argument("--section", metavar="NAME",
                         help="write between the markers <!-- NAME:begin/end --> of the results "
                              "file (default: separability, or separability-finetune with "
@@ -178,11 +187,18 @@ def main(argv: list[str] | None = None) -> None:
     problem = args.write and missing_section(Path(args.results), section)
     if problem:  # said before any work
         parser.error(f"--section {section!r}: {problem}")
+    try:  # said before any work, after the section
+        overrides = parse_overrides(args.overrides)
+        for config in args.configs:
+            load_config(None if config == "-" else config, overrides)
+    except (ConfigError, OSError) as exc:
+        parser.error(str(exc))
     torch.manual_seed(0)
     rows = []
     for config in args.configs:
         for seed in range(args.seeds):
-            rows.append(measure(None if config == "-" else config, seed, args.finetune))
+            rows.append(measure(None if config == "-" else config, seed, args.finetune,
+                                overrides))
             print(rows[-1], flush=True)
     table = pd.DataFrame(rows)
     summary = table.groupby("scenario", sort=False).agg(
@@ -198,6 +214,7 @@ def main(argv: list[str] | None = None) -> None:
         command = " ".join(["python bench/separability.py", *args.configs,
                             f"--seeds {args.seeds}",
                             *([f"--finetune {args.finetune}"] if args.finetune else []),
+                            *(f"--set {o}" for o in args.overrides),
                             *([f"--section {args.section}"] if args.section else [])])
         body = (f"`{command}` ({date.today()}; {machine()}). Test split; "
                 f"the threshold flags {FLAGGED:.0%} of the validation forget images. "

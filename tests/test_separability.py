@@ -53,3 +53,15 @@ def test_a_missing_section_is_refused_before_any_scenario_is_prepared(tmp_path, 
     with pytest.raises(SystemExit):  # --finetune's default section is its own
         main([str(tmp_path / "none.yaml"), "--finetune", "1", "--results", str(results)])
     assert "--section 'separability-finetune'" in capsys.readouterr().err
+
+
+def test_a_bad_override_is_refused_before_any_scenario_is_prepared(capsys):
+    from bench.separability import main
+
+    with pytest.raises(SystemExit):  # pretrain has `epochs`, not `epoch`
+        main(["-", "--set", "pretrain.epoch=30", "--no-write"])
+    err = capsys.readouterr().err
+    assert "pretrain.epoch" in err and "epochs" in err
+    with pytest.raises(SystemExit):
+        main(["-", "--set", "pretrain.epochs", "--no-write"])
+    assert "expected key=value" in capsys.readouterr().err
