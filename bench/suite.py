@@ -32,6 +32,7 @@ added by a later call without that flag (the search is kept).
     python bench/suite.py --scenarios check-bird-painting --no-retrain   # the third check
     python bench/suite.py --scenarios check-vehicle-automobile   # the hierarchy check
     python bench/suite.py --scenarios check-cat-sketch --no-retrain      # the fourth style check
+    python bench/suite.py --scenarios check-cat-cartoon --no-retrain     # the fifth style check
     python bench/suite.py --scenarios cifar10-cat --seed 1 --seed 2 --no-retrain  # beside a call
         # on --seed 0 with the same --storage: two streams on two cores; a last call without
         # --no-retrain adds the retrain reference to seeds 1 and 2
@@ -78,6 +79,7 @@ CHECKS = {
     "check-deer-grayscale": ("check: deer grayscale", *STYLES),
     "check-bird-painting": ("check: bird paintings", *STYLES),
     "check-cat-sketch": ("check: cat sketches", *STYLES),
+    "check-cat-cartoon": ("check: cat cartoons", *STYLES),
     "check-vehicle-automobile": ("check: vehicle/automobile", "data/cifar10-vehicles.parquet",
                                  ["-m", "distforget.data.hierarchy", "--input",
                                   "../shared/data/cifar10", "--out",
