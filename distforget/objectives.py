@@ -243,3 +243,23 @@ def nothing_to_forget(base: Mapping[str, float], target: Sequence[Constraint]) -
                     "subgroup, so there is nothing to forget; check scenario.forget_class and "
                     "scenario.forget_subgroup, or the base weights")
     return None
+
+
+def weak_base(base: Mapping[str, float], num_classes: int) -> str | None:
+    """A note when the base model's validation retained or zero-shot accuracy is at or below
+    chance (one in ``num_classes`` class texts), else None. Such a model names those images no
+    better than a guess, so the target's relative bounds on them ask almost nothing and a met
+    target says little about keeping what the model knew."""
+    if num_classes < 1:
+        return None
+    chance = 1.0 / num_classes
+    weak = [f"{m} {base[m]:.3f}" for m in ("retain_acc", "zeroshot_acc")
+            if m in base and base[m] == base[m] and base[m] <= chance]
+    if not weak:
+        return None
+    verb = "is" if len(weak) == 1 else "are"
+    return (f"the base model's validation {' and '.join(weak)} {verb} at or below chance (1 "
+            f"in {num_classes} class texts, {chance:.3f}): it does not know those images to begin "
+            "with, so the target's bounds relative to it ask almost nothing and a met target says "
+            "little; pretrain the small CLIP longer or on more images (pretrain.epochs, the "
+            "data), or check data.templates and the base weights")

@@ -67,6 +67,7 @@ def unlearn(cfg: RunConfig, methods: list[str], *, device: torch.device, out_dir
     """Run each method on one set of prepared inputs (made from ``cfg`` unless given); returns
     one record per method."""
     from distforget.checkpoint import write_checkpoint
+    from distforget.objectives import weak_base
     from distforget.prepare import prepare
     from distforget.trial import (Recipe, StageCache, local_evaluator, local_launcher,
                                   recipe_state, run_trial)
@@ -77,6 +78,9 @@ def unlearn(cfg: RunConfig, methods: list[str], *, device: torch.device, out_dir
     prepared = prepared if prepared is not None else prepare(cfg, device, log=log)
     log(f"scenario: forget {cfg.scenario.forget_class}/{cfg.scenario.forget_subgroup}; "
         f"splits {prepared.info['splits']}")
+    weak = weak_base(prepared.base_metrics, len(prepared.head))
+    if weak:
+        log(f"note: {weak}")
     cache = StageCache()
     evaluate = local_evaluator(prepared, cache, device, cfg.model.precision)
     base_test, = evaluate([Recipe("base")], "test")

@@ -207,3 +207,16 @@ def test_a_base_model_that_already_meets_the_forget_target_has_nothing_to_forget
     reason = nothing_to_forget({**BASE, "forget_acc": 0.02}, TARGET)
     assert "forget_acc is 0.020" in reason and "nothing to forget" in reason
     assert nothing_to_forget(BASE, TARGET) is None
+
+
+def test_a_base_model_at_chance_on_the_kept_images_is_named():
+    from distforget.objectives import weak_base
+
+    assert weak_base(BASE, 10) is None
+    one = weak_base({**BASE, "zeroshot_acc": 0.1}, 10)
+    assert "zeroshot_acc 0.100 is at or below chance" in one and "1 in 10" in one
+    assert "retain_acc" not in one
+    both = weak_base({**BASE, "retain_acc": 0.0, "zeroshot_acc": 0.05}, 10)
+    assert "retain_acc 0.000 and zeroshot_acc 0.050 are" in both
+    assert weak_base({**BASE, "zeroshot_acc": float("nan")}, 10) is None  # no zero-shot set
+    assert weak_base({**BASE, "zeroshot_acc": 0.2}, 4) is not None  # 1 in 4 is 0.25

@@ -36,7 +36,7 @@ from distforget.export import export_point
 from distforget.interrupts import (Interrupts, SearchInterrupted, TuneStopped,
                                    stop_tune_on_signal)
 from distforget.objectives import (DIRECTIONS, OBJECTIVES, as_test, nothing_to_forget,
-                                   parse_target)
+                                   parse_target, weak_base)
 from distforget.report import build_report
 from distforget.run_folder import (RunFolder, RunLog, StudyStore, reconcile_study, run_info,
                                    search_identity)
@@ -274,6 +274,9 @@ def _search(driver: Driver, space: SearchSpace, space_text: str, identity: str,
     with driver.interrupts.deferred():
         folder.write_info(info, prepared.base_state)
     log("base model: " + "  ".join(f"{k} {prepared.base_metrics[k]:.3f}" for k in OBJECTIVES))
+    weak = weak_base(prepared.base_metrics, len(prepared.head))
+    if weak:
+        log(f"note: {weak}")
     recovered = folder.recover_records()
     if recovered:
         log(f"recovered {recovered} result rows written before an interruption")
