@@ -250,8 +250,6 @@ def weak_base(base: Mapping[str, float], num_classes: int) -> str | None:
     chance (one in ``num_classes`` class texts), else None. Such a model names those images no
     better than a guess, so the target's relative bounds on them ask almost nothing and a met
     target says little about keeping what the model knew."""
-    if num_classes < 1:
-        return None
     chance = 1.0 / num_classes
     weak = [f"{m} {base[m]:.3f}" for m in ("retain_acc", "zeroshot_acc")
             if m in base and base[m] == base[m] and base[m] <= chance]
